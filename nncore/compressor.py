@@ -1,0 +1,318 @@
+"""Compressor, Pruner and Quantizer: the base classes every algorithm plugin extends.
+
+An algorithm is a subclass with a registry ``name``, the JSON Schema of its own config keys
+(``config_schema``) and ``@hookimpl`` methods for the hooks it answers (see
+:mod:`nncore.hookspecs`). Subclasses set their own attributes *before* calling
+``super().__init__`` so that their ``validate_config`` can read them.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+import weakref
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+import pluggy
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+import torch.nn as nn
+
+from nncore.artifacts import MaskDict, atomic_write, save_torch
+from nncore.config import LayerConfig, build_schema, resolve_config_list, schema_errors
+from nncore.config.schema import to_json_like
+from nncore.errors import ConfigError, NncoreError, PluginError
+from nncore.hookspecs import PROJECT_NAME, lifecycle, pruning, quantization
+from nncore.wrapper import ModuleWrapper
+
+INSTANCE_HOOKSPECS = (pruning, quantization, lifecycle)
+
+
+def instance_plugin_manager() -> pluggy.PluginManager:
+    """A fresh manager with the per-compressor hook specs (calc_mask, quantize_*, lifecycle)."""
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    for module in INSTANCE_HOOKSPECS:
+        manager.add_hookspecs(module)
+    return manager
+
+
+def _register_checked(manager: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    try:
+        manager.register(plugin, name=name)
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} does not match the nncore hook specs: {exc}") from exc
+
+
+def _selection_well_typed(entry: Any) -> bool:
+    if not isinstance(entry, dict):
+        return False
+    for key in ("op_types", "op_names"):
+        value = entry.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return False
+    return isinstance(entry.get("exclude", False), bool)
+
+
+def _dedupe(messages: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(messages))
+
+
+class Compressor:
+    """Base of every algorithm: validates ``config_list`` at the door and wraps selected layers.
+
+    :param model: the model to compress; nothing in it changes before ``compress()``.
+    :param config_list: list of dicts (see the docs); checked against :meth:`json_schema`.
+    :param plugins: extra hook implementations (objects or modules with ``@nncore.hookimpl``
+        functions) that run before the algorithm's own; see :mod:`nncore.hookspecs`.
+    :raises ConfigError: listing every problem of ``config_list``; the model is untouched.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    config_schema: ClassVar[dict[str, Any]] = {"properties": {}, "required": []}
+    default_op_types: ClassVar[tuple[str, ...]] = ()
+    supported_op_types: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, model: nn.Module, config_list: Sequence[dict[str, Any]], *, plugins: Iterable[Any] = ()):
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}", header="invalid model")
+        self.bound_model = model
+        self._hooks = instance_plugin_manager()
+        _register_checked(self._hooks, self, f"algorithm:{type(self).__name__}")
+        for position, plugin in enumerate(plugins):
+            _register_checked(self._hooks, plugin, f"plugins[{position}]")
+        self.config_list = to_json_like(copy.deepcopy(list(config_list) if isinstance(config_list, tuple) else config_list))
+        self.layer_configs: tuple[LayerConfig, ...] = self._validate_and_resolve(self.config_list)
+        self.wrappers: dict[str, ModuleWrapper] = {}
+
+    @property
+    def hook(self) -> Any:
+        """This instance's hook relay: ``self.hook.calc_mask(compressor=self, ...)``."""
+        return self._hooks.hook
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema a ``config_list`` for this algorithm must satisfy."""
+        return build_schema(cls.config_schema.get("properties", {}), cls.config_schema.get("required", ()))
+
+    @classmethod
+    def unsupported_reason(cls, module: nn.Module) -> str | None:
+        """Why this algorithm cannot compress ``module`` (``None`` when it can)."""
+        if cls.supported_op_types is not None and type(module).__name__ not in cls.supported_op_types:
+            return f"{cls.__name__} supports only {', '.join(cls.supported_op_types)}"
+        if not isinstance(getattr(module, "weight", None), nn.Parameter):
+            return "it has no weight parameter"
+        return None
+
+    def _validate_and_resolve(self, config_list: Any) -> tuple[LayerConfig, ...]:
+        errors = schema_errors(self.json_schema(), config_list)
+        if not errors:
+            for answer in self.hook.validate_config(compressor=self, config_list=config_list):
+                errors.extend(answer or ())
+        entries = config_list if isinstance(config_list, list) else []
+        defaults = {
+            key: spec["default"]
+            for key, spec in self.config_schema.get("properties", {}).items()
+            if isinstance(spec, dict) and "default" in spec
+        }
+        layers = resolve_config_list(
+            self.bound_model,
+            [entry if _selection_well_typed(entry) else None for entry in entries],
+            default_op_types=self.default_op_types,
+            defaults=defaults,
+            unsupported_reason=self.unsupported_reason,
+            errors=errors,
+        )
+        if errors:
+            raise ConfigError(_dedupe(errors), header=f"invalid config_list for {type(self).__name__}")
+        return layers
+
+    # -- wrapping ---------------------------------------------------------------------------
+
+    def _wrap_model(self) -> None:
+        if self.wrappers:
+            raise NncoreError(f"{type(self).__name__}: compress() was already called on this compressor")
+        modules = dict(self.bound_model.named_modules())
+        for config in sorted(self.layer_configs, key=lambda c: -c.name.count(".")):
+            wrapper = self.make_wrapper(modules[config.name], config)
+            _set_submodule(self.bound_model, config.name, wrapper)
+            self.wrappers[config.name] = wrapper
+        self.wrappers = {c.name: self.wrappers[c.name] for c in self.layer_configs}
+
+    def make_wrapper(self, module: nn.Module, config: LayerConfig) -> nn.Module:
+        """The wrapper that stands in for ``module`` (pruners: :class:`ModuleWrapper`)."""
+        return ModuleWrapper(module, config.name, config)
+
+    def unwrap_model(self) -> nn.Module:
+        """Put the original module objects back (their weights keep what training made of them)."""
+        for name, wrapper in self.wrappers.items():
+            _set_submodule(self.bound_model, name, wrapper.module)
+        self.wrappers = {}
+        return self.bound_model
+
+    def get_modules_wrapper(self) -> list[nn.Module]:
+        """The wrappers, in model order (NNI's name for it)."""
+        return list(self.wrappers.values())
+
+    def compress(self) -> nn.Module:
+        """Wrap the selected layers and put the algorithm in effect; returns the model."""
+        raise NotImplementedError
+
+    # -- training progress ------------------------------------------------------------------
+
+    def update_epoch(self, epoch: int) -> None:
+        """Tell the algorithm that ``epoch`` starts; a no-op for algorithms that do not schedule."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"update_epoch(epoch): epoch must be an int >= 0, got {epoch!r}", header="invalid argument")
+        self.hook.update_epoch(compressor=self, epoch=epoch)
+
+    def step(self) -> None:
+        """Tell the algorithm that a mini-batch finished; a no-op for most algorithms."""
+        self.hook.step(compressor=self)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+# Masked weights must stay zero whatever the optimizer does (momentum, Adam, weight decay):
+# one global post-step hook re-applies the masks of every live, compressed pruner.
+_LIVE_PRUNERS: "weakref.WeakSet[Pruner]" = weakref.WeakSet()
+_step_hook_handle: Any = None
+
+
+def _reapply_masks_after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    for pruner in list(_LIVE_PRUNERS):
+        pruner.apply_masks()
+
+
+def _keep_masks_through_optimizer_steps(pruner: Pruner) -> None:
+    global _step_hook_handle
+    if _step_hook_handle is None:
+        _step_hook_handle = register_optimizer_step_post_hook(_reapply_masks_after_step)
+    _LIVE_PRUNERS.add(pruner)
+
+
+class Pruner(Compressor):
+    """Base of pruning algorithms: masks computed by the ``calc_mask`` hook, kept in wrappers."""
+
+    kind: ClassVar[str] = "pruner"
+    default_op_types: ClassVar[tuple[str, ...]] = (
+        "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear",
+    )
+
+    def compress(self) -> nn.Module:
+        """Wrap the selected layers and compute their masks; the model prunes from now on."""
+        self._wrap_model()
+        self.after_wrap()
+        self.update_masks()
+        _keep_masks_through_optimizer_steps(self)
+        return self.bound_model
+
+    def after_wrap(self) -> None:
+        """Called once the layers are wrapped and before the first masks (statistics hooks go here)."""
+
+    def update_masks(self, sparsities: Mapping[str, float] | None = None) -> None:
+        """Recompute masks: of the layers in ``sparsities`` at those values, else of every
+        layer at its configured ``sparsity``."""
+        if sparsities is None:
+            sparsities = {name: wrapper.config["sparsity"] for name, wrapper in self.wrappers.items()}
+        for name, sparsity in sparsities.items():
+            wrapper = self.wrappers[name]
+            masks = self.hook.calc_mask(compressor=self, wrapper=wrapper, sparsity=sparsity)
+            if masks is None:
+                raise PluginError(f"no calc_mask implementation answered for layer {name!r} of {type(self).__name__}")
+            wrapper.set_masks(masks["weight_mask"], masks.get("bias_mask"))
+
+    def apply_masks(self) -> None:
+        """Zero every masked weight in place (done for you after each optimizer step)."""
+        for wrapper in self.wrappers.values():
+            wrapper.apply_masks()
+
+    def unwrap_model(self) -> nn.Module:
+        _LIVE_PRUNERS.discard(self)
+        return super().unwrap_model()
+
+    def masks(self) -> MaskDict:
+        """``{module name: {'weight': mask, 'bias': mask or None}}`` on the CPU."""
+        return {
+            name: {
+                "weight": w.weight_mask.detach().cpu().clone(),
+                "bias": None if w.bias_mask is None else w.bias_mask.detach().cpu().clone(),
+            }
+            for name, w in self.wrappers.items()
+        }
+
+    def clean_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state_dict under the original model's keys, masked values zero."""
+        self.apply_masks()
+        state: dict[str, torch.Tensor] = {}
+        for key, value in self.bound_model.state_dict().items():
+            owner = next((n for n in self.wrappers if key.startswith(n + ".")), None)
+            if owner is None:
+                state[key] = value
+                continue
+            rest = key[len(owner) + 1:]
+            if rest.startswith("module."):
+                state[f"{owner}.{rest[len('module.'):]}"] = value
+        return state
+
+    def export_model(
+        self,
+        model_path: str,
+        mask_path: str | None = None,
+        onnx_path: str | None = None,
+        input_shape: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Write the pruned weights, and optionally the masks and an ONNX model.
+
+        Every file is produced in memory first and then written atomically, so a failure
+        leaves no half-written file.
+
+        :param model_path: state_dict with the original model's keys; masked values are zero.
+        :param mask_path: ``{module name: {'weight': mask, 'bias': mask or None}}``.
+        :param onnx_path: ONNX export of the masked model (needs ``input_shape``).
+        :param input_shape: shape of the dummy input for the ONNX export, e.g. ``[1, 1, 28, 28]``.
+        :param device: device of the dummy input (default: the model's).
+        """
+        if not self.wrappers:
+            raise NncoreError(f"{type(self).__name__}.export_model: call compress() first")
+        if onnx_path is not None and input_shape is None:
+            raise ConfigError("export_model: onnx_path needs input_shape, e.g. [1, 3, 32, 32]", header="invalid argument")
+        onnx_bytes = onnx_export_bytes(self.bound_model, input_shape, device) if onnx_path else None
+        save_torch(self.clean_state_dict(), model_path)
+        if mask_path is not None:
+            save_torch(self.masks(), mask_path)
+        if onnx_path is not None:
+            atomic_write(onnx_path, lambda handle: handle.write(onnx_bytes))
+
+
+def onnx_export_bytes(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> bytes:
+    """The ONNX serialization of ``model`` (in eval mode) for a random input of ``input_shape``."""
+    if not all(isinstance(d, int) and d > 0 for d in input_shape):
+        raise ConfigError(f"input_shape must be a list of positive ints, got {list(input_shape)!r}", header="invalid argument")
+    if device is None:
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else "cpu"
+    dummy = torch.randn(*input_shape, device=device)
+    buffer = io.BytesIO()
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (dummy,), buffer, dynamo=False, input_names=["input"], output_names=["output"])
+    finally:
+        model.train(was_training)
+    return buffer.getvalue()
+
+
+class Quantizer(Compressor):
+    """Base of quantization algorithms (the quantizers issue builds their wrapper and export)."""
+
+    kind: ClassVar[str] = "quantizer"

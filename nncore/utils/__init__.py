@@ -1,0 +1,4 @@
+"""Utilities around compression: the flops/params counter (and channel dependency analysis)."""
+from __future__ import annotations
+
+from nncore.utils.counter import count_flops_params

@@ -1,0 +1,64 @@
+"""ModuleWrapper: the real ``nn.Module`` that stands in for a compressed layer."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from nncore.config import LayerConfig
+from nncore.errors import PluginError
+
+
+class ModuleWrapper(nn.Module):
+    """Holds the original module and its pruning masks as buffers.
+
+    Masked weights are zeroed in place when masks are set and again after every optimizer
+    step (see :class:`nncore.compressor.Pruner`), so the wrapped module runs its own,
+    unchanged ``forward``: wrapping costs one Python call per layer.
+
+    :ivar module: the original module object (restored as-is by ``unwrap_model``).
+    :ivar name: the module's name in the model.
+    :ivar config: its resolved :class:`LayerConfig`.
+    :ivar weight_mask: buffer shaped like ``module.weight`` (1 keeps, 0 prunes).
+    :ivar bias_mask: buffer shaped like ``module.bias``, or ``None``.
+    """
+
+    def __init__(self, module: nn.Module, name: str, config: LayerConfig):
+        super().__init__()
+        self.module = module
+        self.name = name
+        self.config = config
+        weight = module.weight
+        self.register_buffer("weight_mask", torch.ones_like(weight, dtype=weight.dtype))
+        bias = getattr(module, "bias", None)
+        self.register_buffer("bias_mask", torch.ones_like(bias) if isinstance(bias, torch.Tensor) else None)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def set_masks(self, weight_mask: torch.Tensor, bias_mask: torch.Tensor | None = None) -> None:
+        """Replace the masks (values are copied) and zero the masked weights."""
+        self._copy_mask("weight_mask", weight_mask)
+        if bias_mask is not None:
+            if self.bias_mask is None:
+                raise PluginError(f"a bias mask was given for {self.name!r}, which has no bias")
+            self._copy_mask("bias_mask", bias_mask)
+        self.apply_masks()
+
+    def _copy_mask(self, attribute: str, mask: torch.Tensor) -> None:
+        current = getattr(self, attribute)
+        if not isinstance(mask, torch.Tensor) or mask.shape != current.shape:
+            shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise PluginError(f"{attribute} for {self.name!r} must have shape {tuple(current.shape)}, got {shape}")
+        current.copy_(mask)
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero the masked entries of the weight (and bias) in place."""
+        self.module.weight.mul_(self.weight_mask)
+        if self.bias_mask is not None:
+            self.module.bias.mul_(self.bias_mask)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"

@@ -86,6 +86,7 @@ class Compressor:
         self.config_list = to_json_like(copy.deepcopy(list(config_list) if isinstance(config_list, tuple) else config_list))
         self.layer_configs: tuple[LayerConfig, ...] = self._validate_and_resolve(self.config_list)
         self.wrappers: dict[str, ModuleWrapper] = {}
+        self.followers: dict[str, ModuleWrapper] = {}
 
     @property
     def hook(self) -> Any:
@@ -145,11 +146,26 @@ class Compressor:
         """The wrapper that stands in for ``module`` (pruners: :class:`ModuleWrapper`)."""
         return ModuleWrapper(module, config.name, config)
 
+    def all_wrappers(self) -> dict[str, nn.Module]:
+        """Configured layers and followers (e.g. the BatchNorm after a pruned conv), by name."""
+        return {**self.wrappers, **self.followers}
+
+    def add_follower(self, name: str, leader: str) -> ModuleWrapper:
+        """Wrap module ``name`` whose channels follow layer ``leader`` (set its masks yourself)."""
+        if name in self.followers:
+            return self.followers[name]
+        module = self.bound_model.get_submodule(name)
+        config = LayerConfig(name=name, op_type=type(module).__name__, options={"leader": leader})
+        wrapper = ModuleWrapper(module, name, config)
+        _set_submodule(self.bound_model, name, wrapper)
+        self.followers[name] = wrapper
+        return wrapper
+
     def unwrap_model(self) -> nn.Module:
         """Put the original module objects back (their weights keep what training made of them)."""
-        for name, wrapper in self.wrappers.items():
+        for name, wrapper in self.all_wrappers().items():
             _set_submodule(self.bound_model, name, wrapper.module)
-        self.wrappers = {}
+        self.wrappers, self.followers = {}, {}
         return self.bound_model
 
     def get_modules_wrapper(self) -> list[nn.Module]:
@@ -230,7 +246,7 @@ class Pruner(Compressor):
 
     def apply_masks(self) -> None:
         """Zero every masked weight in place (done for you after each optimizer step)."""
-        for wrapper in self.wrappers.values():
+        for wrapper in self.all_wrappers().values():
             wrapper.apply_masks()
 
     def unwrap_model(self) -> nn.Module:
@@ -244,15 +260,16 @@ class Pruner(Compressor):
                 "weight": w.weight_mask.detach().cpu().clone(),
                 "bias": None if w.bias_mask is None else w.bias_mask.detach().cpu().clone(),
             }
-            for name, w in self.wrappers.items()
+            for name, w in self.all_wrappers().items()
         }
 
     def clean_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state_dict under the original model's keys, masked values zero."""
         self.apply_masks()
         state: dict[str, torch.Tensor] = {}
+        wrapped = self.all_wrappers()
         for key, value in self.bound_model.state_dict().items():
-            owner = next((n for n in self.wrappers if key.startswith(n + ".")), None)
+            owner = next((n for n in wrapped if key.startswith(n + ".")), None)
             if owner is None:
                 state[key] = value
                 continue

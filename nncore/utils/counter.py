@@ -239,6 +239,7 @@ def _shape_of(value: Any) -> tuple | list | None:
 
 
 def _weight_shape(module: nn.Module) -> tuple | None:
+    """The shape of ``weight`` (or of an attention layer's ``in_proj_weight``), or None."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         weight = getattr(module, "in_proj_weight", None)
@@ -257,6 +258,7 @@ def _positional_inputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
 
 
 def _make_hook(name: str, counter: FlopCounter, results: dict[str, dict]):
+    """A forward hook that runs ``counter`` and records one result for module ``name``."""
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         inputs = _positional_inputs(module, args, kwargs)
         flops = counter(module, inputs, output)

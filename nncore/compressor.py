@@ -26,6 +26,8 @@ from nncore.hookspecs import PROJECT_NAME, lifecycle, pruning, quantization
 from nncore.wrapper import ModuleWrapper
 
 INSTANCE_HOOKSPECS = (pruning, quantization, lifecycle)
+PUBLIC_BROADCASTS = ("update_epoch", "step")
+"""Hooks that are also public compressor methods: algorithms implement them under another name."""
 
 
 def instance_plugin_manager() -> pluggy.PluginManager:
@@ -36,7 +38,8 @@ def instance_plugin_manager() -> pluggy.PluginManager:
     return manager
 
 
-def _register_checked(manager: pluggy.PluginManager, plugin: Any, name: str) -> None:
+def register_checked(manager: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """Register ``plugin`` and check every hookimpl against the specs (unknown hook names too)."""
     try:
         manager.register(plugin, name=name)
         manager.check_pending()
@@ -45,7 +48,7 @@ def _register_checked(manager: pluggy.PluginManager, plugin: Any, name: str) -> 
 
 
 def _selection_well_typed(entry: Any) -> bool:
-    if not isinstance(entry, dict):
+    if not isinstance(entry, dict) or ("op_types" not in entry and "op_names" not in entry):
         return False
     for key in ("op_types", "op_names"):
         value = entry.get(key)
@@ -75,18 +78,46 @@ class Compressor:
     default_op_types: ClassVar[tuple[str, ...]] = ()
     supported_op_types: ClassVar[tuple[str, ...] | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for public in PUBLIC_BROADCASTS:
+            if getattr(cls.__dict__.get(public), f"{PROJECT_NAME}_impl", None) is not None:
+                raise PluginError(
+                    f"{cls.__qualname__}.{public} would hide the public {public}() that broadcasts the hook; "
+                    f"implement it as @hookimpl(specname={public!r}) on a method with another name, e.g. on_{public}"
+                )
+
     def __init__(self, model: nn.Module, config_list: Sequence[dict[str, Any]], *, plugins: Iterable[Any] = ()):
+        self._setup(model, config_list, plugins)
+        self.wrappers: dict[str, ModuleWrapper] = {}
+        self.followers: dict[str, ModuleWrapper] = {}
+
+    def _setup(self, model: nn.Module, config_list: Any, plugins: Iterable[Any]) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}", header="invalid model")
         self.bound_model = model
         self._hooks = instance_plugin_manager()
-        _register_checked(self._hooks, self, f"algorithm:{type(self).__name__}")
+        register_checked(self._hooks, self, f"algorithm:{type(self).__name__}")
         for position, plugin in enumerate(plugins):
-            _register_checked(self._hooks, plugin, f"plugins[{position}]")
-        self.config_list = to_json_like(copy.deepcopy(list(config_list) if isinstance(config_list, tuple) else config_list))
+            register_checked(self._hooks, plugin, f"plugins[{position}]")
+        self.config_list = to_json_like(copy.deepcopy(config_list))
         self.layer_configs: tuple[LayerConfig, ...] = self._validate_and_resolve(self.config_list)
-        self.wrappers: dict[str, ModuleWrapper] = {}
-        self.followers: dict[str, ModuleWrapper] = {}
+
+    @classmethod
+    def check_config(
+        cls, model: nn.Module, config_list: Any, *, plugins: Iterable[Any] = ()
+    ) -> tuple[LayerConfig, ...]:
+        """Validate ``config_list`` against ``model`` without building the algorithm.
+
+        Runs the schema check, every ``validate_config`` hook and the layer resolution, as the
+        constructor does (a ``validate_config`` hook may only read ``config_list`` and
+        ``compressor.bound_model``). Returns the resolved layers; the model is not touched.
+
+        :raises ConfigError: listing every problem.
+        """
+        checker = cls.__new__(cls)
+        checker._setup(model, config_list, plugins)
+        return checker.layer_configs
 
     @property
     def hook(self) -> Any:

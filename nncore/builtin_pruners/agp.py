@@ -130,15 +130,15 @@ class AGPPruner(Pruner):
     def calc_mask(self, wrapper: ModuleWrapper, sparsity: float) -> dict[str, torch.Tensor | None] | None:
         return self.algorithm.hook.calc_mask(compressor=self.algorithm, wrapper=wrapper, sparsity=sparsity)
 
-    @hookimpl
-    def update_epoch(self, epoch: int) -> None:
+    @hookimpl(specname="update_epoch")
+    def on_update_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.algorithm.update_epoch(epoch)
         if self.wrappers:
             self.update_masks()
 
-    @hookimpl
-    def step(self) -> None:
+    @hookimpl(specname="step")
+    def on_step(self) -> None:
         self.algorithm.step()
 
     def current_sparsity(self, name: str) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Iterable
 
 import jsonschema
@@ -84,7 +85,14 @@ def schema_errors(schema: dict[str, Any], config_list: Any) -> list[str]:
     """Every violation of ``schema`` by ``config_list``, one message each, in list order."""
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config_list), key=lambda e: [_sort_key(p) for p in e.absolute_path])
-    return [message for error in errors for message in _messages(error)]
+    messages = [message for error in errors for message in _messages(error)]
+    return sorted(messages, key=_message_order)
+
+
+def _message_order(message: str) -> tuple[int, str]:
+    """Entry index first (numerically), then the key, so messages read in list order."""
+    index = re.match(r"config_list\[(\d+)\]", message)
+    return (int(index.group(1)) if index else -1, message)
 
 
 def to_json_like(value: Any) -> Any:

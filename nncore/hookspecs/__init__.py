@@ -22,6 +22,11 @@ There are two plugin managers, both of project ``"nncore"``:
   - ``update_epoch``, ``step`` and ``validate_config`` are *broadcast*: every
     implementation is called (user plugins first, then the algorithm).
 
+On a compressor class, ``update_epoch`` and ``step`` are also the public methods that
+broadcast these hooks, so the algorithm implements them under another method name:
+``@hookimpl(specname="step") def on_step(self): ...`` (a class that shadows the public
+method is refused when it is defined).
+
 Hooks are always called with keyword arguments; an implementation declares only the
 arguments it uses. pluggy checks each implementation against these specs when it is
 registered, so a misspelled hook or argument fails at registration, naming the plugin.

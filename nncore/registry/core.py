@@ -101,14 +101,14 @@ class Registry:
         return list(provided)
 
     def _validate_classes(self, classes: list[type]) -> None:
-        from nncore.compressor import Compressor, instance_plugin_manager
+        from nncore.compressor import Compressor, instance_plugin_manager, register_checked
 
         for cls in classes:
             if not issubclass(cls, Compressor):
                 raise PluginError(f"{cls.__qualname__} is not a subclass of nncore.compressor.Compressor")
             if not isinstance(getattr(cls, "name", None), str) or not cls.name:
                 raise PluginError(f"{cls.__qualname__} has no registry `name`")
-            instance_plugin_manager().register(cls, name=f"validate:{cls.__qualname__}")
+            register_checked(instance_plugin_manager(), cls, cls.__qualname__)
 
     def _index(self, cls: type, label: str, distribution: str) -> None:
         known = self.compressors.get(cls.name)

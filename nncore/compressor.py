@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from nncore.artifacts import MaskDict, atomic_write, save_torch
 from nncore.config import LayerConfig, build_schema, resolve_config_list, schema_errors
-from nncore.config.schema import to_json_like
+from nncore.config.schema import message_order, to_json_like
 from nncore.errors import ConfigError, NncoreError, PluginError
 from nncore.hookspecs import PROJECT_NAME, lifecycle, pruning, quantization
 from nncore.wrapper import ModuleWrapper
@@ -158,7 +158,7 @@ class Compressor:
             errors=errors,
         )
         if errors:
-            raise ConfigError(_dedupe(errors), header=f"invalid config_list for {type(self).__name__}")
+            raise ConfigError(sorted(_dedupe(errors), key=message_order), header=f"invalid config_list for {type(self).__name__}")
         return layers
 
     # -- wrapping ---------------------------------------------------------------------------

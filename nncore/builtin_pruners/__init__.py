@@ -3,7 +3,22 @@
 The core never imports this package; it finds the algorithms through the registry.
 For seed-compatible imports: ``from nncore.builtin_pruners import LevelPruner, AGP_Pruner``.
 """
+from nncore.builtin_pruners.activation_rank import ActivationAPoZRankFilterPruner, ActivationMeanRankFilterPruner
 from nncore.builtin_pruners.agp import AGP_Pruner, AGPPruner
+from nncore.builtin_pruners.filter_weight import FPGMPruner, L1FilterPruner, L2FilterPruner
 from nncore.builtin_pruners.level import LevelPruner
+from nncore.builtin_pruners.slim import SlimPruner
+from nncore.builtin_pruners.taylor import TaylorFOWeightFilterPruner
 
-__all__ = ["AGPPruner", "AGP_Pruner", "LevelPruner"]
+__all__ = [
+    "ActivationAPoZRankFilterPruner",
+    "ActivationMeanRankFilterPruner",
+    "AGPPruner",
+    "AGP_Pruner",
+    "FPGMPruner",
+    "L1FilterPruner",
+    "L2FilterPruner",
+    "LevelPruner",
+    "SlimPruner",
+    "TaylorFOWeightFilterPruner",
+]

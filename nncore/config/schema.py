@@ -86,10 +86,10 @@ def schema_errors(schema: dict[str, Any], config_list: Any) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config_list), key=lambda e: [_sort_key(p) for p in e.absolute_path])
     messages = [message for error in errors for message in _messages(error)]
-    return sorted(messages, key=_message_order)
+    return sorted(messages, key=message_order)
 
 
-def _message_order(message: str) -> tuple[int, str]:
+def message_order(message: str) -> tuple[int, str]:
     """Entry index first (numerically), then the key, so messages read in list order."""
     index = re.match(r"config_list\[(\d+)\]", message)
     return (int(index.group(1)) if index else -1, message)

@@ -1,0 +1,328 @@
+"""The base of every filter (output-channel) pruner: channel masks from an importance vector.
+
+A subclass says how important each filter of a layer is (:meth:`FilterPruner.filter_importance`,
+higher keeps); the base turns that into channel masks and makes them *complete*: a pruned
+filter's weight and bias are masked and so is the matching channel of the BatchNorm that
+directly consumes the convolution's output, so the channel outputs exactly zero after BN.
+With ``dependency_aware=True`` convolutions whose channels are coupled (residual adds, grouped
+and depthwise convolutions) share one channel mask chosen by their summed importance.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from nncore.compressor import Pruner
+from nncore.config import FRACTION
+from nncore.errors import ConfigError
+from nncore.hookspecs import hookimpl
+from nncore.wrapper import ModuleWrapper
+
+CONV_OP_TYPES: tuple[str, ...] = ("Conv1d", "Conv2d")
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def check_batch_num(statistics_batch_num: Any) -> None:
+    """Raise :class:`ConfigError` unless ``statistics_batch_num`` is an int >= 1."""
+    if isinstance(statistics_batch_num, bool) or not isinstance(statistics_batch_num, int) or statistics_batch_num < 1:
+        raise ConfigError(
+            f"statistics_batch_num must be an int >= 1, got {statistics_batch_num!r}", header="invalid argument"
+        )
+
+
+def channel_mask_from_importance(importance: torch.Tensor, sparsity: float, groups: int = 1) -> torch.Tensor:
+    """A 0/1 vector that prunes the least important channels.
+
+    The channels are split into ``groups`` equal, consecutive groups and each group loses
+    ``round(sparsity * group_size)`` channels (at least one channel per group is kept), so
+    every group keeps the same number of channels. Ties go to the lower index (stable sort).
+    """
+    count = importance.numel()
+    if groups < 1 or count % groups:
+        groups = 1
+    group_size = count // groups
+    pruned_per_group = min(round(sparsity * group_size), group_size - 1)
+    mask = torch.ones(count, dtype=importance.dtype, device=importance.device)
+    if pruned_per_group <= 0:
+        return mask
+    for start in range(0, count, group_size):
+        order = torch.argsort(importance[start:start + group_size], stable=True)
+        mask[start + order[:pruned_per_group]] = 0
+    return mask
+
+
+def filter_masks(module: nn.Module, channel_mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    """Weight and bias masks of ``module`` that keep exactly the output channels in ``channel_mask``."""
+    weight = module.weight
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    weight_mask = channel_mask.to(weight.dtype).view(shape).expand_as(weight).clone()
+    bias = getattr(module, "bias", None)
+    bias_mask = channel_mask.to(bias.dtype).clone() if isinstance(bias, torch.Tensor) else None
+    return {"weight_mask": weight_mask, "bias_mask": bias_mask}
+
+
+def kept_channels(wrapper: ModuleWrapper) -> torch.Tensor:
+    """The output channels of a wrapped layer that its weight mask keeps (any weight kept)."""
+    return (wrapper.weight_mask.flatten(1) != 0).any(dim=1).to(wrapper.weight_mask.dtype)
+
+
+def _traced_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules seen as single operations: wrappers and leaf modules (not a wrapper's inside)."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if any(name.startswith(wrapped + ".") for wrapped in found if isinstance(found[wrapped], ModuleWrapper)):
+            continue
+        if name and (isinstance(module, ModuleWrapper) or not any(True for _ in module.children())):
+            found[name] = module
+    return found
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
+
+
+def direct_consumers(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, set[str]]:
+    """Which module directly consumes which module's output, from one forward pass.
+
+    The pass runs in eval mode without gradients (no BatchNorm statistics change); forward
+    hooks record each module's output tensor and which module receives it as an input.
+    """
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    consumers: dict[str, set[str]] = {}
+
+    def before(name: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            for tensor in _tensors(inputs):
+                producer = produced.get(id(tensor))
+                if producer is not None and producer[1] is tensor:
+                    consumers.setdefault(producer[0], set()).add(name)
+        return hook
+
+    def after(name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            for tensor in _tensors(output):
+                produced[id(tensor)] = (name, tensor)
+        return hook
+
+    handles = []
+    for name, module in _traced_modules(model).items():
+        handles.append(module.register_forward_pre_hook(before(name)))
+        handles.append(module.register_forward_hook(after(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return consumers
+
+
+def _symbolic_consumers(model: nn.Module) -> dict[str, set[str]] | None:
+    """Like :func:`direct_consumers` from a ``torch.fx`` symbolic trace; ``None`` if it fails."""
+
+    class WrapperAwareTracer(torch.fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+            return isinstance(module, ModuleWrapper) or super().is_leaf_module(module, qualified_name)
+
+    try:
+        graph = WrapperAwareTracer().trace(model)
+    except Exception:  # noqa: BLE001 - models with data-dependent control flow cannot be traced
+        return None
+    consumers: dict[str, set[str]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            users = {user.target for user in node.users if user.op == "call_module"}
+            consumers.setdefault(str(node.target), set()).update(str(user) for user in users)
+    return consumers
+
+
+def find_following_batchnorms(model: nn.Module, conv_names: Iterable[str], model_input: Any) -> dict[str, str] | None:
+    """``{conv name: name of the BatchNorm that directly consumes its output}``.
+
+    ``model_input`` is a tensor, a tuple of tensors or ``(args, kwargs)``; without it the model
+    is traced symbolically, and ``None`` is returned when that is impossible.
+    """
+    if model_input is None:
+        consumers = _symbolic_consumers(model)
+        if consumers is None:
+            return None
+    else:
+        if isinstance(model_input, tuple) and len(model_input) == 2 and isinstance(model_input[1], dict):
+            args, kwargs = model_input
+        else:
+            args, kwargs = (tuple(model_input) if isinstance(model_input, (tuple, list)) else (model_input,)), {}
+        consumers = direct_consumers(model, args, kwargs)
+    modules = dict(model.named_modules())
+    followers = {}
+    for conv_name in conv_names:
+        channels = modules[conv_name].module.weight.shape[0] if isinstance(modules[conv_name], ModuleWrapper) else None
+        for consumer in sorted(consumers.get(conv_name, ())):
+            module = modules.get(consumer)
+            if isinstance(module, BATCHNORM_TYPES) and module.num_features == channels and module.affine:
+                followers[conv_name] = consumer
+                break
+    return followers
+
+
+class FilterPruner(Pruner):
+    """Base of the filter pruners (Conv1d / Conv2d): prunes whole output channels per layer.
+
+    ``config_list`` keys: ``sparsity`` (fraction of each layer's filters to prune; each layer
+    loses ``round(sparsity * filters)`` filters and keeps at least one).
+
+    :param model: the model to prune.
+    :param config_list: e.g. ``[{"sparsity": 0.5, "op_types": ["Conv2d"]}]``.
+    :param dependency_aware: give convolutions whose channels are coupled (their outputs meet
+        in an add, or a grouped/depthwise convolution ties them) one shared channel mask,
+        chosen by their summed importance, so speedup can really remove those channels.
+    :param dummy_input: an input of the model (tensor or tuple of tensors); required with
+        ``dependency_aware=True``, and used to find the BatchNorm after each convolution
+        (without it the model is traced symbolically, or on its first forward batch).
+    :param plugins: extra hook implementations (see :mod:`nncore.hookspecs`).
+    :raises ConfigError: bad ``config_list`` or arguments; the model is untouched.
+    """
+
+    config_schema: ClassVar[dict[str, Any]] = {
+        "properties": {"sparsity": {**FRACTION, "description": "Fraction of each layer's filters to prune."}},
+        "required": ["sparsity"],
+    }
+    default_op_types: ClassVar[tuple[str, ...]] = CONV_OP_TYPES
+    supported_op_types: ClassVar[tuple[str, ...] | None] = CONV_OP_TYPES
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: Sequence[dict[str, Any]],
+        dependency_aware: bool = False,
+        dummy_input: Any = None,
+        *,
+        plugins: Iterable[Any] = (),
+    ):
+        if dependency_aware and dummy_input is None:
+            raise ConfigError(
+                f"{type(self).__name__}: dependency_aware=True needs dummy_input (an input of the model) "
+                "to trace which convolutions share channels",
+                header="invalid argument",
+            )
+        self.dependency_aware = bool(dependency_aware)
+        self.dummy_input = dummy_input
+        super().__init__(model, config_list, plugins=plugins)
+        self.channel_groups: dict[str, tuple[str, ...]] = {}
+        self.group_counts: dict[str, int] = {}
+        if self.dependency_aware:
+            self._analyse_dependencies()
+        self._hook_handles: list[Any] = []
+        self._owns_wrappers = False
+        self.tracing = False
+
+    def compress(self) -> nn.Module:
+        """Wrap the selected convs (and the BatchNorm after each) and compute their masks."""
+        self._owns_wrappers = True
+        return super().compress()
+
+    def statistics_complete(self) -> None:
+        """Called by statistics-based subclasses once their importance is known: recompute the
+        masks now, unless another pruner (AGP) owns the wrappers and schedules the updates."""
+        if self._owns_wrappers and self.wrappers:
+            self.update_masks()
+
+    # -- what subclasses provide --------------------------------------------------------------
+
+    def filter_importance(self, wrapper: ModuleWrapper) -> torch.Tensor | None:
+        """Importance of each output channel of ``wrapper.module`` (higher keeps).
+
+        ``None`` means "not known yet" (statistics still being gathered): the masks stay all-ones.
+        """
+        raise NotImplementedError
+
+    # -- masks ----------------------------------------------------------------------------------
+
+    @hookimpl
+    def calc_mask(self, wrapper: ModuleWrapper, sparsity: float) -> dict[str, torch.Tensor | None]:
+        channel_mask = self.channel_mask(wrapper, sparsity)
+        self._mask_followers(wrapper.name, channel_mask)
+        return filter_masks(wrapper.module, channel_mask)
+
+    def channel_mask(self, wrapper: ModuleWrapper, sparsity: float) -> torch.Tensor:
+        """The 0/1 output-channel mask of one wrapped layer at ``sparsity``."""
+        members = self.channel_groups.get(wrapper.name, (wrapper.name,)) if self.dependency_aware else (wrapper.name,)
+        members = tuple(name for name in members if name in self.wrappers) or (wrapper.name,)
+        importances = [self.filter_importance(self.wrappers[name]) for name in members]
+        out_channels = wrapper.module.weight.shape[0]
+        if any(importance is None for importance in importances):
+            return torch.ones(out_channels, dtype=wrapper.module.weight.dtype, device=wrapper.module.weight.device)
+        if len(members) > 1:
+            configured = {config.name: config["sparsity"] for config in self.layer_configs}
+            sparsity = min([sparsity] + [configured[name] for name in members if name != wrapper.name])
+        groups = math.lcm(*(self.group_counts.get(name, 1) for name in members)) if self.dependency_aware else 1
+        total = torch.stack([importance.detach().to(wrapper.module.weight.device).float() for importance in importances]).sum(0)
+        return channel_mask_from_importance(total, sparsity, groups).to(wrapper.module.weight.dtype)
+
+    def update_masks(self, sparsities: Mapping[str, float] | None = None) -> None:
+        """Recompute the layers' masks, then give each following BatchNorm its conv's channel mask."""
+        super().update_masks(sparsities)
+        for name in (self.wrappers if sparsities is None else sparsities):
+            self._mask_followers(name, kept_channels(self.wrappers[name]))
+
+    def _mask_followers(self, leader: str, channel_mask: torch.Tensor) -> None:
+        for follower in self.followers.values():
+            if follower.config.get("leader") == leader:
+                mask = channel_mask.to(follower.weight_mask.dtype)
+                follower.set_masks(mask, None if follower.bias_mask is None else mask.clone())
+
+    # -- BatchNorm followers --------------------------------------------------------------------
+
+    def after_wrap(self) -> None:
+        """Find the BatchNorm after each wrapped conv (now, or on the model's first forward batch)."""
+        followers = find_following_batchnorms(self.bound_model, list(self.wrappers), self.dummy_input)
+        if followers is None:
+            self._first_batch_trace = self.bound_model.register_forward_pre_hook(self._trace_first_batch, with_kwargs=True)
+            self._hook_handles.append(self._first_batch_trace)
+            return
+        self._add_batchnorm_followers(followers)
+
+    def _trace_first_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._first_batch_trace.remove()
+        self.tracing = True
+        try:
+            followers = find_following_batchnorms(self.bound_model, list(self.wrappers), (args, kwargs))
+        finally:
+            self.tracing = False
+        self._add_batchnorm_followers(followers or {})
+        for name in self.wrappers:
+            self._mask_followers(name, kept_channels(self.wrappers[name]))
+
+    def _add_batchnorm_followers(self, followers: Mapping[str, str]) -> None:
+        for conv_name, bn_name in followers.items():
+            if bn_name not in self.wrappers:
+                self.add_follower(bn_name, conv_name)
+
+    def unwrap_model(self) -> nn.Module:
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = []
+        return super().unwrap_model()
+
+    # -- dependency-aware mode ------------------------------------------------------------------
+
+    def _analyse_dependencies(self) -> None:
+        from nncore.utils.dependency import ChannelDependency, GroupDependency
+
+        configured = {config.name for config in self.layer_configs}
+        for dependency_set in ChannelDependency(self.bound_model, self.dummy_input).dependency_sets:
+            members = tuple(sorted(name for name in dependency_set if name in configured))
+            for name in members:
+                self.channel_groups[name] = members
+        self.group_counts = dict(GroupDependency(self.bound_model, self.dummy_input).dependency)

@@ -1,0 +1,296 @@
+"""Handlers for functions, tensor methods and Python operators in the traced graph."""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from nncore.speedup import shapes
+from nncore.speedup.info import TInfo, no_zero, norm_dim, pinned_vector
+from nncore.speedup.propagate import Context, unknown_info
+
+_OPERATORS = {
+    operator.add: "add", operator.iadd: "add", operator.sub: "sub", operator.isub: "sub",
+    operator.mul: "mul", operator.imul: "mul", operator.truediv: "div", operator.itruediv: "div",
+    operator.floordiv: "div", operator.matmul: "matmul", operator.neg: "neg",
+    operator.getitem: "getitem", getattr: "getattr",
+}
+KEEP_ZERO = {
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "gelu", "silu",
+    "silu_", "hardswish", "hardswish_", "mish", "elu", "elu_", "selu", "celu", "tanh", "tanh_", "neg",
+    "abs", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type", "type_as",
+    "sign", "sqrt", "square", "erf", "sin", "identity", "requires_grad_", "cpu", "cuda",
+    "hardshrink", "softshrink", "tanhshrink", "prelu",
+}
+NO_ZERO = {
+    "sigmoid", "sigmoid_", "hardsigmoid", "exp", "cos", "rsqrt", "reciprocal", "softplus", "log",
+    "log1p", "expm1", "logsigmoid", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "pow",
+}
+SUMS = {"add": "and", "sub": "and", "rsub": "and", "maximum": "and", "minimum": "and",
+        "mul": "or", "div": "first", "true_divide": "first"}
+POOLS = {
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "lp_pool1d", "lp_pool2d", "interpolate",
+    "upsample", "upsample_nearest", "upsample_bilinear", "max_pool2d_with_indices",
+}
+VIEWS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as",
+         "squeeze_", "unsqueeze_", "ravel"}
+REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod",
+              "nansum", "nanmean"}
+SHAPE_ATTRS = {"size", "dim", "numel", "ndimension", "nelement", "getattr", "is_contiguous", "__len__"}
+
+
+def op_name(node: fx.Node) -> str:
+    """A normalised name for the function or method a node calls."""
+    if node.op == "call_method":
+        return str(node.target)
+    if node.target in _OPERATORS:
+        return _OPERATORS[node.target]
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _arg(args, kwargs, index: int, name: str, default: Any = None) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else default
+
+
+def _tensor_infos(ctx: Context, node: fx.Node) -> list[TInfo]:
+    found = []
+    for arg in list(node.args) + list(node.kwargs.values()):
+        info = ctx.info(arg)
+        if isinstance(info, TInfo):
+            found.append(info)
+    return found
+
+
+def elementwise(ctx: Context, operands: list, value: torch.Tensor, mode: str) -> TInfo:
+    """Broadcasting element-wise op: aligned channels are merged into one class.
+
+    ``mode``: how zeros combine ("and": all operands zero, "or": any, "first": the first
+    operand's, "none": never zero).
+    """
+    shape = value.shape
+    ndim = len(shape)
+    slots, zeros = [], []
+    for d in range(ndim):
+        size = shape[d]
+        vectors, zs = [], []
+        for k, operand in enumerate(operands):
+            if isinstance(operand, TInfo):
+                od = d - (ndim - operand.ndim)
+                if od < 0:
+                    zs.append(no_zero(size))
+                    continue
+                if len(operand.slots[od]) == size:
+                    vectors.append(operand.slots[od])
+                    zs.append(operand.zero[od])
+                else:
+                    zs.append(np.full(size, bool(operand.zero[od][0])))
+            else:
+                is_zero = isinstance(operand, (int, float, bool)) and operand == 0
+                zs.append(np.full(size, is_zero) if mode != "or" else no_zero(size))
+            if mode == "first" and k == 0:
+                break
+        if vectors:
+            for other in vectors[1:]:
+                ctx.classes.union_vectors(vectors[0], other)
+            slots.append(vectors[0])
+        else:
+            slots.append(pinned_vector(size))
+        if mode == "none" or not zs:
+            zeros.append(no_zero(size))
+        elif mode == "and":
+            zeros.append(np.logical_and.reduce(zs))
+        elif mode == "or":
+            zeros.append(np.logical_or.reduce(zs))
+        else:
+            zeros.append(zs[0])
+    return TInfo(slots, zeros)
+
+
+def channelwise(info: TInfo, value: torch.Tensor, keep_dims: int = 2, keep_zero: bool = True) -> TInfo:
+    """Ops that act per channel (pooling, resizing): batch and channel dims kept, others new."""
+    slots, zeros = [], []
+    for d, size in enumerate(value.shape):
+        if d < keep_dims and d < info.ndim and len(info.slots[d]) == size:
+            slots.append(info.slots[d])
+            zeros.append(info.zero[d] if keep_zero else no_zero(size))
+        else:
+            slots.append(pinned_vector(size))
+            zeros.append(no_zero(size))
+    return TInfo(slots, zeros)
+
+
+def _getitem(ctx: Context, node: fx.Node, info: Any, index: Any, value: Any) -> Any:
+    if not isinstance(info, TInfo):
+        if isinstance(info, (list, tuple)) and isinstance(index, int):
+            return info[index]
+        if isinstance(info, (list, tuple)) and isinstance(index, slice):
+            return info[index]
+        return unknown_info(value) if info is None else ctx.barrier(node, value)
+    items = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (torch.Tensor, list)) or (i is not None and not isinstance(i, (int, slice)) and i is not Ellipsis)
+           for i in items):
+        return ctx.barrier(node, value, f"advanced indexing ({ctx.op_label(node)})")
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    slots, zeros, d = [], [], 0
+    for item in items:
+        if item is None:
+            slots.append(pinned_vector(1))
+            zeros.append(no_zero(1))
+        elif item is Ellipsis:
+            for _ in range(info.ndim - consumed):
+                slots.append(info.slots[d])
+                zeros.append(info.zero[d])
+                d += 1
+        elif isinstance(item, int):
+            ctx.classes.pin(info.slots[d][item:item + 1] if item >= 0 else info.slots[d][item:][:1],
+                            f"{ctx.op_label(node)} (selects one channel)")
+            d += 1
+        else:
+            if item.step not in (None, 1):
+                ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (strided slice of channels)")
+            slots.append(info.slots[d][item])
+            zeros.append(info.zero[d][item])
+            d += 1
+    while d < info.ndim:
+        slots.append(info.slots[d])
+        zeros.append(info.zero[d])
+        d += 1
+    return TInfo(slots, zeros)
+
+
+def _matmul(ctx: Context, node: fx.Node, a: TInfo, b: TInfo, value: torch.Tensor) -> TInfo:
+    if a.ndim < 2 or b.ndim < 2:
+        return ctx.barrier(node, value, f"{ctx.op_label(node)} (1-d matrix product)")
+    ctx.classes.union_vectors(a.slots[-1], b.slots[-2])
+    ctx.classes.read(a.slots[-1], a.zero[-1] | b.zero[-2])
+    batch_shape = value.shape[:-2]
+    batch = elementwise(ctx, [TInfo(a.slots[:-2], a.zero[:-2]), TInfo(b.slots[:-2], b.zero[:-2])],
+                        torch.empty(batch_shape, device="meta"), "or")
+    return TInfo(batch.slots + [a.slots[-2], b.slots[-1]], batch.zero + [a.zero[-2], b.zero[-1]])
+
+
+def _reduction(ctx: Context, node: fx.Node, name: str, info: TInfo, args, kwargs, value) -> Any:
+    dims = _arg(args, kwargs, 1, "dim")
+    if dims is None and name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
+        return elementwise(ctx, [info, ctx.info(node.args[1])], value, "and")
+    if dims is None:
+        ctx.pin_all(info, f"{ctx.op_label(node)} (reduces the whole tensor)")
+        return unknown_info(value)
+    dims = [norm_dim(int(d), info.ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+    for d in dims:
+        ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (reduces over channels)")
+    slots, zeros = [], []
+    for d in range(info.ndim):
+        if d in dims:
+            if keepdim:
+                slots.append(pinned_vector(1))
+                zeros.append(no_zero(1))
+        else:
+            slots.append(info.slots[d])
+            zeros.append(info.zero[d] if name in ("mean", "sum", "amax", "amin", "max", "min", "nansum") else no_zero(len(info.zero[d])))
+    out = TInfo(slots, zeros)
+    if isinstance(value, tuple):
+        return (out, out.without_zero())
+    return out
+
+
+def _pin_dims(ctx: Context, node: fx.Node, info: TInfo, dims, why: str) -> TInfo:
+    for d in dims:
+        ctx.classes.pin(info.slots[norm_dim(int(d), info.ndim)], f"{ctx.op_label(node)} ({why})")
+    return info.without_zero()
+
+
+def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
+    """The info of a call_function / call_method node."""
+    name = op_name(node)
+    args, kwargs = ctx.value(node.args), ctx.value(node.kwargs)
+    first = ctx.info(node.args[0]) if node.args else None
+    tensors = _tensor_infos(ctx, node)
+    if not tensors:
+        if name == "getitem" and isinstance(first, (list, tuple)):
+            return _getitem(ctx, node, first, args[1], value)
+        return unknown_info(value)
+    if name in SHAPE_ATTRS or not isinstance(value, (torch.Tensor, tuple, list)):
+        return None if not isinstance(value, torch.Tensor) else unknown_info(value)
+    if name == "getitem":
+        return _getitem(ctx, node, first, args[1], value)
+    if not isinstance(first, TInfo):
+        if name in ("cat", "concat", "concatenate", "stack") and isinstance(first, (list, tuple)):
+            infos = list(first)
+            if all(isinstance(i, TInfo) for i in infos):
+                dim = _arg(args, kwargs, 1, "dim", 0)
+                if name == "stack":
+                    infos = [shapes.reshape(ctx, node, i, v.unsqueeze(dim).shape) for i, v in zip(infos, args[0])]
+                return shapes.cat(ctx, infos, dim)
+        if name in SUMS and isinstance(ctx.info(node.args[1]) if len(node.args) > 1 else None, TInfo):
+            operands = [ctx.info(a) if isinstance(a, fx.Node) else a for a in node.args[:2]]
+            return elementwise(ctx, operands, value, SUMS[name])
+        return ctx.barrier(node, value)
+    if name in KEEP_ZERO:
+        return first
+    if name in NO_ZERO:
+        low = _arg(args, kwargs, 1, "min")
+        high = _arg(args, kwargs, 2, "max")
+        if name in ("clamp", "clamp_", "clip") and (low is None or low <= 0) and (high is None or high >= 0) \
+                and not isinstance(low, torch.Tensor) and not isinstance(high, torch.Tensor):
+            return first
+        return first.without_zero()
+    if name in SUMS or name == "rsub":
+        operands = [ctx.info(a) if isinstance(a, fx.Node) else a for a in node.args[:2]]
+        operands = [o if o is not None else ctx.value(a) for o, a in zip(operands, node.args[:2])]
+        return elementwise(ctx, operands, value, SUMS.get(name, "and"))
+    if name in ("where", "masked_fill"):
+        operands = [ctx.info(a) if isinstance(a, fx.Node) else a for a in node.args]
+        return elementwise(ctx, [o for o in operands if isinstance(o, TInfo)], value, "none")
+    if name in POOLS:
+        out = channelwise(first, value[0] if isinstance(value, tuple) else value)
+        return (out, out.without_zero()) if isinstance(value, tuple) else out
+    if name in VIEWS:
+        return shapes.reshape(ctx, node, first, value.shape)
+    if name == "permute":
+        order = args[1:] if not isinstance(args[1], (list, tuple)) else args[1]
+        return shapes.permute(first, _arg(args, kwargs, 99, "dims", order))
+    if name in ("transpose", "swapaxes", "swapdims"):
+        return shapes.transpose(first, int(_arg(args, kwargs, 1, "dim0")), int(_arg(args, kwargs, 2, "dim1")))
+    if name == "t":
+        return shapes.transpose(first, 0, 1) if first.ndim == 2 else first
+    if name in ("chunk", "split", "tensor_split"):
+        dim = _arg(args, kwargs, 2, "dim", 0)
+        sizes = [piece.shape[norm_dim(dim, first.ndim)] for piece in value]
+        return shapes.split(first, sizes, dim)
+    if name == "unbind":
+        dim = norm_dim(_arg(args, kwargs, 1, "dim", 0), first.ndim)
+        ctx.classes.pin(first.slots[dim], f"{ctx.op_label(node)} (unbinds channels)")
+        piece = TInfo(first.slots[:dim] + first.slots[dim + 1:], first.zero[:dim] + first.zero[dim + 1:])
+        return tuple(piece for _ in value)
+    if name in ("expand", "expand_as", "broadcast_to"):
+        out = elementwise(ctx, [first], value, "first")
+        return out
+    if name in ("matmul", "bmm"):
+        second = ctx.info(node.args[1])
+        if isinstance(second, TInfo):
+            return _matmul(ctx, node, first, second, value)
+    if name in REDUCTIONS:
+        return _reduction(ctx, node, name, first, args, kwargs, value)
+    if name in ("softmax", "log_softmax", "normalize", "cumsum", "cumprod", "flip", "roll"):
+        dim = _arg(args, kwargs, 1, "dim", -1 if name == "normalize" else None)
+        if dim is None and name in ("flip", "roll"):
+            dim = _arg(args, kwargs, 1 if name == "flip" else 2, "dims")
+        if dim is not None:
+            dims = dim if isinstance(dim, (list, tuple)) else [dim]
+            return _pin_dims(ctx, node, first, dims, "mixes channels")
+    if name == "layer_norm":
+        normalized = _arg(args, kwargs, 1, "normalized_shape")
+        return _pin_dims(ctx, node, first, range(-len(normalized), 0), "normalizes over channels")
+    if name in ("group_norm", "instance_norm", "batch_norm", "local_response_norm"):
+        return _pin_dims(ctx, node, first, [1], "normalizes over channels")
+    return ctx.barrier(node, value)

@@ -1,0 +1,159 @@
+"""Channel classes: which channels must be removed together, and which of them may go.
+
+Every index of every channel-like tensor dimension is a *slot*. Slots that must disappear
+together (the two operands of a residual add, a conv output and the BatchNorm after it, the
+same head in query, key and value) are merged into one *class* with a union-find. A class is
+removed only when nobody can tell: every consumer that mixes channels (convolution, linear,
+matrix product) reads an exact zero there or ignores it (zero weight column), no op the engine
+does not understand touches it, and it does not reach the model output. Conflicting masks in a
+coupled group are resolved by keeping the channel unless every member agrees it is pruned.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import attrs
+import numpy as np
+
+PIN = 0
+"""The class of slots that can never be removed (model inputs, batch and spatial dimensions)."""
+
+
+@attrs.frozen
+class GroupConstraint:
+    """A grouped convolution: per group, as many inputs and outputs must go as in every other group."""
+
+    name: str
+    groups: int
+    in_slots: np.ndarray = attrs.field(eq=False)
+    out_slots: np.ndarray = attrs.field(eq=False)
+
+
+class ChannelClasses:
+    """Union-find over slots, plus the facts that decide whether a class may be removed."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = [PIN]
+        self.pins: list[tuple[int, str]] = []
+        self.reads: list[tuple[int, bool]] = []
+        self.constraints: list[GroupConstraint] = []
+
+    def new(self, count: int) -> np.ndarray:
+        """``count`` fresh, independent slots."""
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def find(self, slot: int) -> int:
+        parent = self.parent
+        root = slot
+        while parent[root] != root:
+            root = parent[root]
+        while parent[slot] != root:
+            parent[slot], slot = root, parent[slot]
+        return root
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(int(a)), self.find(int(b))
+        if ra == rb:
+            return ra
+        if rb == PIN or (ra != PIN and rb < ra):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        return ra
+
+    def union_vectors(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Merge ``a[i]`` with ``b[i]`` for every ``i`` (the same channel of two aligned tensors)."""
+        if a is b:
+            return
+        differ = np.nonzero(a != b)[0]
+        for i in differ:
+            self.union(a[i], b[i])
+
+    def union_all(self, slots: np.ndarray) -> int:
+        """Merge every slot of ``slots`` into one class; returns its representative."""
+        flat = np.unique(slots)
+        first = int(flat[0])
+        for other in flat[1:]:
+            self.union(first, other)
+        return self.find(first)
+
+    def pin(self, slots: np.ndarray, reason: str) -> None:
+        """Mark these slots as unremovable, remembering why (``reason`` names the op)."""
+        for slot in np.unique(slots):
+            if slot != PIN:
+                self.pins.append((int(slot), reason))
+
+    def read(self, slots: np.ndarray, ok: np.ndarray) -> None:
+        """A channel-mixing consumer reads ``slots``; ``ok[i]`` says it reads a zero (or ignores it)."""
+        for slot, good in zip(slots.tolist(), np.asarray(ok, dtype=bool).tolist()):
+            if slot != PIN:
+                self.reads.append((slot, good))
+
+    def constrain_groups(self, constraint: GroupConstraint) -> None:
+        self.constraints.append(constraint)
+
+
+@attrs.frozen
+class Decision:
+    """The outcome: removed class roots, and why the classes that masks pruned were kept."""
+
+    removed: frozenset
+    kept_by: dict = attrs.field(eq=False)  # reason -> number of classes it blocked
+    roots: np.ndarray = attrs.field(eq=False)  # slot -> class root
+
+    def removed_mask(self, slots: np.ndarray) -> np.ndarray:
+        """Boolean vector: which of these slots are removed."""
+        if not self.removed:
+            return np.zeros(len(slots), dtype=bool)
+        return np.isin(self.roots[slots], np.fromiter(self.removed, dtype=np.int64))
+
+
+def decide(classes: ChannelClasses) -> Decision:
+    """Pick the classes to remove (see the module docstring) and resolve grouped convolutions."""
+    roots = np.array([classes.find(i) for i in range(len(classes.parent))], dtype=np.int64)
+    all_ok: dict[int, bool] = {}
+    any_ok: set[int] = set()
+    for slot, good in classes.reads:
+        root = int(roots[slot])
+        all_ok[root] = all_ok.get(root, True) and good
+        if good:
+            any_ok.add(root)
+    wanted = {root for root, good in all_ok.items() if good and root != PIN}
+    pin_reasons: dict[int, str] = {}
+    for slot, reason in classes.pins:
+        pin_reasons.setdefault(int(roots[slot]), reason)
+    removed = {root for root in wanted if root not in pin_reasons}
+    kept_by: dict[str, int] = defaultdict(int)
+    for root in wanted:
+        if root in pin_reasons:
+            kept_by[pin_reasons[root]] += 1
+    conflicts = len([root for root in any_ok if root not in wanted and root != PIN])
+    if conflicts:
+        kept_by["coupled channels disagree (a member of the group is not pruned)"] += conflicts
+    removed = _resolve_groups(classes.constraints, roots, removed, kept_by)
+    return Decision(removed=frozenset(removed), kept_by=dict(kept_by), roots=roots)
+
+
+def _resolve_groups(constraints, roots, removed: set, kept_by) -> set:
+    """Grouped convolutions keep the same number of inputs and outputs per group (fixpoint)."""
+    changed = True
+    while changed and constraints:
+        changed = False
+        for constraint in constraints:
+            for slots in (constraint.in_slots, constraint.out_slots):
+                per_group = roots[slots].reshape(constraint.groups, -1)
+                gone = np.isin(per_group, list(removed)) if removed else np.zeros(per_group.shape, bool)
+                counts = gone.sum(axis=1)
+                if counts.min() == counts.max():
+                    continue
+                keep_count = counts.min()
+                for g in range(constraint.groups):
+                    extra = np.nonzero(gone[g])[0][keep_count:]
+                    for index in extra:
+                        root = int(per_group[g, index])
+                        if root in removed:
+                            removed.discard(root)
+                            kept_by[f"grouped convolution {constraint.name!r} needs equal groups"] += 1
+                            changed = True
+    return removed

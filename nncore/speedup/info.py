@@ -1,0 +1,55 @@
+"""What the engine knows about one tensor: per dimension, the class slot of every index and
+whether that index holds an exact zero (in the masked model) across the whole slab."""
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import torch
+
+from nncore.speedup.groups import PIN
+
+
+@attrs.define
+class TInfo:
+    """``slots[d][i]``: the slot of index ``i`` of dimension ``d``; ``zero[d][i]``: that slab is zero."""
+
+    slots: list
+    zero: list
+
+    @property
+    def ndim(self) -> int:
+        return len(self.slots)
+
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.slots)
+
+    def copy(self) -> TInfo:
+        return TInfo(list(self.slots), list(self.zero))
+
+    def without_zero(self) -> TInfo:
+        return TInfo(list(self.slots), [np.zeros(len(s), dtype=bool) for s in self.slots])
+
+
+def pinned_vector(size: int) -> np.ndarray:
+    return np.full(size, PIN, dtype=np.int64)
+
+
+def no_zero(size: int) -> np.ndarray:
+    return np.zeros(size, dtype=bool)
+
+
+def pinned_info(shape) -> TInfo:
+    """A tensor nothing can be removed from (inputs, constants, outputs of unknown ops)."""
+    return TInfo([pinned_vector(n) for n in shape], [no_zero(n) for n in shape])
+
+
+def zero_slabs(value: torch.Tensor, dim: int) -> np.ndarray:
+    """For each index along ``dim``: is the whole slab exactly zero?"""
+    if value.dim() == 0:
+        return np.zeros(0, dtype=bool)
+    moved = value.detach().movedim(dim, 0).reshape(value.shape[dim], -1)
+    return (moved == 0).all(dim=1).cpu().numpy()
+
+
+def norm_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim

@@ -1,0 +1,32 @@
+"""What a speedup did, in words a user can act on."""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class SpeedupSummary:
+    """The result of :meth:`ModelSpeedup.speedup_model`.
+
+    ``shrunk`` maps each sliced module (or attribute) to ``(shape before, shape after)``;
+    ``kept_by`` maps a reason (usually the op that blocked pruning) to the number of channel
+    groups it kept although the masks pruned them; ``notes`` are plain remarks.
+    """
+
+    shrunk: dict = attrs.field(factory=dict)
+    kept_by: dict = attrs.field(factory=dict)
+    notes: tuple = ()
+    rewritten: tuple = ()
+    opaque_modules: tuple = ()
+    max_abs_diff: float = 0.0
+
+    def __str__(self) -> str:
+        lines = [f"speedup: {len(self.shrunk)} module(s)/attribute(s) shrunk"]
+        for name, (before, after) in self.shrunk.items():
+            lines.append(f"  {name}: {before} -> {after}")
+        for reason, count in self.kept_by.items():
+            lines.append(f"  kept {count} pruned channel group(s): {reason}")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        lines.append(f"  max |output difference| vs masked model: {self.max_abs_diff:.3g}")
+        return "\n".join(lines)

@@ -35,6 +35,8 @@ __all__ = [
 
 def __getattr__(name: str):
     """Resolve compressor classes (``nncore.AGPPruner``, ``nncore.AGP_Pruner``) through the registry."""
+    if name.startswith("__"):
+        raise AttributeError(f"module 'nncore' has no attribute {name!r}")
     from nncore.registry import find_class
 
     cls = find_class(name)

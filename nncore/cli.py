@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -149,8 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+    print(f"nncore: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nncore`` console script; returns the exit status."""
+    warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

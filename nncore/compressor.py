@@ -169,7 +169,7 @@ class Compressor:
         modules = dict(self.bound_model.named_modules())
         for config in sorted(self.layer_configs, key=lambda c: -c.name.count(".")):
             wrapper = self.make_wrapper(modules[config.name], config)
-            _set_submodule(self.bound_model, config.name, wrapper)
+            set_submodule(self.bound_model, config.name, wrapper)
             self.wrappers[config.name] = wrapper
         self.wrappers = {c.name: self.wrappers[c.name] for c in self.layer_configs}
 
@@ -188,14 +188,14 @@ class Compressor:
         module = self.bound_model.get_submodule(name)
         config = LayerConfig(name=name, op_type=type(module).__name__, options={"leader": leader})
         wrapper = ModuleWrapper(module, name, config)
-        _set_submodule(self.bound_model, name, wrapper)
+        set_submodule(self.bound_model, name, wrapper)
         self.followers[name] = wrapper
         return wrapper
 
     def unwrap_model(self) -> nn.Module:
         """Put the original module objects back (their weights keep what training made of them)."""
         for name, wrapper in self.all_wrappers().items():
-            _set_submodule(self.bound_model, name, wrapper.module)
+            set_submodule(self.bound_model, name, wrapper.module)
         self.wrappers, self.followers = {}, {}
         return self.bound_model
 
@@ -220,7 +220,8 @@ class Compressor:
         self.hook.step(compressor=self)
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted, as in ``named_modules()``) by ``module``."""
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
@@ -364,3 +365,6 @@ class Quantizer(Compressor):
     """Base of quantization algorithms (the quantizers issue builds their wrapper and export)."""
 
     kind: ClassVar[str] = "quantizer"
+
+
+_set_submodule = set_submodule  # old private name, still used by modules being written

@@ -112,6 +112,14 @@ class AGPPruner(Pruner):
                 errors.append(f"config_list[{index}].end_epoch: {end} must be greater than start_epoch {start}")
         return errors
 
+    def all_wrappers(self) -> dict[str, nn.Module]:
+        """AGP's layers plus the followers its algorithm added (e.g. BatchNorm after a filter)."""
+        return {**super().all_wrappers(), **self.algorithm.followers}
+
+    def unwrap_model(self) -> nn.Module:
+        self.algorithm.unwrap_model()  # restores its followers and removes its statistics hooks
+        return super().unwrap_model()
+
     def after_wrap(self) -> None:
         self.algorithm.wrappers = self.wrappers
         self.algorithm.after_wrap()

@@ -10,14 +10,14 @@ and depthwise convolutions) share one channel mask chosen by their summed import
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from nncore.compressor import Pruner
 from nncore.config import FRACTION
-from nncore.errors import ConfigError
+from nncore.errors import ConfigError, NncoreError
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
 
@@ -148,28 +148,28 @@ def _symbolic_consumers(model: nn.Module) -> dict[str, set[str]] | None:
     return consumers
 
 
-def find_following_batchnorms(model: nn.Module, conv_names: Iterable[str], model_input: Any) -> dict[str, str] | None:
+def find_following_batchnorms(
+    model: nn.Module, conv_names: Iterable[str], args: tuple | None = None, kwargs: dict | None = None
+) -> dict[str, str] | None:
     """``{conv name: name of the BatchNorm that directly consumes its output}``.
 
-    ``model_input`` is a tensor, a tuple of tensors or ``(args, kwargs)``; without it the model
-    is traced symbolically, and ``None`` is returned when that is impossible.
+    With ``args`` / ``kwargs`` (a model input) one forward pass is observed; without them the
+    model is traced symbolically, and ``None`` is returned when that is impossible.
     """
-    if model_input is None:
+    if args is None and kwargs is None:
         consumers = _symbolic_consumers(model)
         if consumers is None:
             return None
     else:
-        if isinstance(model_input, tuple) and len(model_input) == 2 and isinstance(model_input[1], dict):
-            args, kwargs = model_input
-        else:
-            args, kwargs = (tuple(model_input) if isinstance(model_input, (tuple, list)) else (model_input,)), {}
-        consumers = direct_consumers(model, args, kwargs)
+        consumers = direct_consumers(model, args or (), kwargs or {})
     modules = dict(model.named_modules())
     followers = {}
     for conv_name in conv_names:
-        channels = modules[conv_name].module.weight.shape[0] if isinstance(modules[conv_name], ModuleWrapper) else None
+        conv = modules[conv_name]
+        channels = (conv.module if isinstance(conv, ModuleWrapper) else conv).weight.shape[0]
         for consumer in sorted(consumers.get(conv_name, ())):
             module = modules.get(consumer)
+            module = module.module if isinstance(module, ModuleWrapper) else module
             if isinstance(module, BATCHNORM_TYPES) and module.num_features == channels and module.affine:
                 followers[conv_name] = consumer
                 break
@@ -185,11 +185,15 @@ class FilterPruner(Pruner):
     :param model: the model to prune.
     :param config_list: e.g. ``[{"sparsity": 0.5, "op_types": ["Conv2d"]}]``.
     :param dependency_aware: give convolutions whose channels are coupled (their outputs meet
-        in an add, or a grouped/depthwise convolution ties them) one shared channel mask,
-        chosen by their summed importance, so speedup can really remove those channels.
-    :param dummy_input: an input of the model (tensor or tuple of tensors); required with
-        ``dependency_aware=True``, and used to find the BatchNorm after each convolution
-        (without it the model is traced symbolically, or on its first forward batch).
+        in an add, or a grouped/depthwise convolution ties them; found by
+        :class:`nncore.utils.dependency.ChannelDependency`) one shared channel mask, chosen by
+        their summed importance at the smallest sparsity configured in the set, so speedup can
+        really remove those channels; a conv feeding a grouped conv loses the same number of
+        channels in every group (:class:`nncore.utils.dependency.GroupDependency`).
+    :param dummy_input: an input of the model (tensor, tuple of positional inputs or dict of
+        keyword inputs); required with ``dependency_aware=True``, and used to find the
+        BatchNorm after each convolution (without it the model is traced with ``torch.fx``, or,
+        if that fails, on its first forward batch after ``compress()``).
     :param plugins: extra hook implementations (see :mod:`nncore.hookspecs`).
     :raises ConfigError: bad ``config_list`` or arguments; the model is untouched.
     """
@@ -222,7 +226,8 @@ class FilterPruner(Pruner):
         self.channel_groups: dict[str, tuple[str, ...]] = {}
         self.group_counts: dict[str, int] = {}
         if self.dependency_aware:
-            self._analyse_dependencies()
+            self._on_dummy_input(self._analyse_dependencies)
+        self.batchnorm_after = self._on_dummy_input(self._find_batchnorms)
         self._hook_handles: list[Any] = []
         self._owns_wrappers = False
         self.tracing = False
@@ -284,20 +289,42 @@ class FilterPruner(Pruner):
 
     # -- BatchNorm followers --------------------------------------------------------------------
 
+    def _on_dummy_input(self, analyse: Callable[[], Any]) -> Any:
+        """Run an analysis that may call the model: in eval mode (BatchNorm statistics untouched,
+        batches of one allowed), its failures reported as a bad ``dummy_input``."""
+        was_training = self.bound_model.training
+        self.bound_model.eval()
+        try:
+            return analyse()
+        except NncoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's model on dummy_input
+            raise ConfigError(
+                f"{type(self).__name__}: dummy_input does not run through the model ({type(exc).__name__}: {exc})",
+                header="invalid argument",
+            ) from exc
+        finally:
+            self.bound_model.train(was_training)
+
+    def _find_batchnorms(self) -> dict[str, str] | None:
+        from nncore.speedup.analysis import split_inputs
+
+        model_input = () if self.dummy_input is None else split_inputs(self.dummy_input)
+        return find_following_batchnorms(self.bound_model, [c.name for c in self.layer_configs], *model_input)
+
     def after_wrap(self) -> None:
-        """Find the BatchNorm after each wrapped conv (now, or on the model's first forward batch)."""
-        followers = find_following_batchnorms(self.bound_model, list(self.wrappers), self.dummy_input)
-        if followers is None:
+        """Wrap the BatchNorm after each conv (found when built, else on the first forward batch)."""
+        if self.batchnorm_after is None:
             self._first_batch_trace = self.bound_model.register_forward_pre_hook(self._trace_first_batch, with_kwargs=True)
             self._hook_handles.append(self._first_batch_trace)
             return
-        self._add_batchnorm_followers(followers)
+        self._add_batchnorm_followers(self.batchnorm_after)
 
     def _trace_first_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._first_batch_trace.remove()
         self.tracing = True
         try:
-            followers = find_following_batchnorms(self.bound_model, list(self.wrappers), (args, kwargs))
+            followers = find_following_batchnorms(self.bound_model, list(self.wrappers), args, kwargs)
         finally:
             self.tracing = False
         self._add_batchnorm_followers(followers or {})
@@ -321,8 +348,9 @@ class FilterPruner(Pruner):
         from nncore.utils.dependency import ChannelDependency, GroupDependency
 
         configured = {config.name for config in self.layer_configs}
-        for dependency_set in ChannelDependency(self.bound_model, self.dummy_input).dependency_sets:
+        channels = ChannelDependency(self.bound_model, self.dummy_input)
+        for dependency_set in channels.dependency_sets:
             members = tuple(sorted(name for name in dependency_set if name in configured))
             for name in members:
                 self.channel_groups[name] = members
-        self.group_counts = dict(GroupDependency(self.bound_model, self.dummy_input).dependency)
+        self.group_counts = dict(GroupDependency(self.bound_model, self.dummy_input, analysis=channels.analysis).dependency)

@@ -95,6 +95,12 @@ def resolve_base_algo(base_algo: Any, errors: list[str]) -> type[Pruner] | None:
         errors.append(f"base_algo: {base_algo!r} is a {algorithm.kind or 'compressor'} that cannot compute masks "
                       "for given sparsities; use a one-shot pruner such as 'l1', 'l2', 'fpgm' or 'level'")
         return None
+    schema = algorithm.config_schema
+    if "sparsity" not in schema.get("properties", {}) or set(schema.get("required", ())) - {"sparsity"}:
+        errors.append(f"base_algo: {base_algo!r} is not configured by 'sparsity' alone "
+                      f"(its keys: {', '.join(sorted(schema.get('properties', {})))}); use a one-shot pruner "
+                      "such as 'l1', 'l2', 'fpgm' or 'level'")
+        return None
     needs = [
         name for name, parameter in list(inspect.signature(algorithm).parameters.items())[2:]
         if parameter.default is inspect.Parameter.empty
@@ -164,7 +170,10 @@ def target_weights(sparsity: float, spaces: Sequence[LayerSpace]) -> int:
 
 def fit_counts(spaces: Sequence[LayerSpace], desired: Mapping[str, float], target: int) -> dict[str, int]:
     """Whole units per layer, close to ``desired`` (fractions of each layer), pruning at least
-    ``target`` weights in total with the least overshoot a greedy unit-by-unit fix finds.
+    ``target`` weights in total with the least overshoot a greedy unit-by-unit fix finds:
+    start from the rounded desired counts, add units (to the layer most below its desire, as
+    long as a unit fits in what is missing, then the smallest unit) and drop units that are
+    not needed (from the layer most above its desire).
 
     :raises NncoreError: the layers cannot lose ``target`` weights (each keeps one unit).
     """
@@ -174,7 +183,12 @@ def fit_counts(spaces: Sequence[LayerSpace], desired: Mapping[str, float], targe
         room = [s for s in spaces if counts[s.name] < s.ceiling]
         if not room:
             raise NncoreError(f"cannot prune {target} of {total_weights(spaces)} weights: every layer keeps one unit")
-        grow = max(room, key=lambda s: (want[s.name] - counts[s.name], -s.unit_size))
+        missing = target - pruned_weights(spaces, counts)
+        fitting = [s for s in room if s.unit_size <= missing]
+        if fitting:  # the layer most below its desired count among those that do not overshoot
+            grow = max(fitting, key=lambda s: (want[s.name] - counts[s.name], -s.unit_size))
+        else:  # the last unit: the smallest overshoot
+            grow = min(room, key=lambda s: (s.unit_size, counts[s.name] - want[s.name]))
         counts[grow.name] += 1
     while True:
         spare = pruned_weights(spaces, counts) - target
@@ -189,6 +203,17 @@ def is_filter_structured(mask: torch.Tensor) -> bool:
     """Whether ``mask`` prunes whole output channels (rows of ``mask.view(out, -1)``) and some."""
     rows = mask.reshape(mask.shape[0], -1)
     return mask.shape[0] > 1 and bool((rows == rows[:, :1]).all()) and 0 < int((mask == 0).sum()) < mask.numel()
+
+
+def probe_masks(pruner: Pruner, wrapper: ModuleWrapper, sparsity: float) -> dict[str, torch.Tensor | None] | None:
+    """``pruner``'s masks for ``wrapper`` at ``sparsity``, without setting any mask: followers
+    (e.g. the BatchNorm a filter pruner masks with its conv) are hidden from it meanwhile."""
+    followers = pruner.followers
+    pruner.followers = {}
+    try:
+        return pruner.hook.calc_mask(compressor=pruner, wrapper=wrapper, sparsity=sparsity)
+    finally:
+        pruner.followers = followers
 
 
 # ------------------------------------------------------------------------------ the working copy
@@ -226,8 +251,14 @@ class MaskedCopy:
         spaces = []
         for name in self.names:
             wrapper = self.pruner.wrappers[name]
-            masks = self.pruner.hook.calc_mask(compressor=self.pruner, wrapper=wrapper, sparsity=0.5)
+            masks = probe_masks(self.pruner, wrapper, 0.5)
             weight = wrapper.module.weight
+            if masks is None or (weight.numel() > 1 and not bool((masks["weight_mask"] == 0).any())):
+                raise ConfigError(
+                    f"base_algo {type(self.pruner).__name__} prunes nothing of layer {name!r} at sparsity 0.5 "
+                    "(does it need statistics from training batches?); use 'l1', 'l2', 'fpgm' or 'level'",
+                    header="invalid argument",
+                )
             unit = weight[0].numel() if masks is not None and is_filter_structured(masks["weight_mask"]) else 1
             spaces.append(LayerSpace(name=name, numel=weight.numel(), unit_size=unit))
         return spaces
@@ -286,8 +317,8 @@ class SearchPruner(Pruner):
         self.verbose = verbose
         self.default_op_types = self.base_algorithm.default_op_types
         super().__init__(model, config_list, plugins=plugins)
-        try:
-            self.base_algorithm.check_config(model, base_config_list(self.wrapper_names()))
+        try:  # building a pruner does not touch the model; it checks the layers and its own arguments
+            self.base_algorithm(model, base_config_list(self.wrapper_names()))
         except ConfigError as exc:
             raise ConfigError(exc.errors, header=f"base_algo {base_algo!r} cannot prune the selected layers") from exc
         self.sparsity: float = self.layer_configs[0]["sparsity"]
@@ -295,6 +326,7 @@ class SearchPruner(Pruner):
         self.best_counts: dict[str, int] = {}
         self.best_score: float | None = None
         self.spaces: list[LayerSpace] = []
+        self.masked_weights: dict[str, int] = {}
         self.algorithm: Pruner | None = None
         self._found_masks: dict[str, tuple[torch.Tensor, torch.Tensor | None, str | None]] = {}
 
@@ -338,6 +370,7 @@ class SearchPruner(Pruner):
         try:
             self.spaces = work.layer_spaces()
             self.best_counts = self.search(work)
+            self.masked_weights = work.pruned_counts()
             self.bound_model.load_state_dict(work.pruner.clean_state_dict())
             self._found_masks = {
                 name: (w.weight_mask.clone(), None if w.bias_mask is None else w.bias_mask.clone(), w.config.get("leader"))
@@ -345,12 +378,12 @@ class SearchPruner(Pruner):
             }
         finally:
             work.release()
+        self.algorithm = self.base_algorithm(self.bound_model, base_config_list(self.wrapper_names()))
         model = super().compress()
         self.write_history()
         return model
 
     def after_wrap(self) -> None:
-        self.algorithm = self.base_algorithm(self.bound_model, base_config_list(self.wrapper_names()))
         self.algorithm.wrappers = self.wrappers
         self.algorithm.followers = self.followers
         self.algorithm.after_wrap()
@@ -381,7 +414,7 @@ class SearchPruner(Pruner):
             "algorithm": self.name,
             "base_algo": self.base_algo,
             "target_sparsity": self.sparsity,
-            "overall_sparsity": overall_sparsity(self.spaces, self.best_counts),
+            "overall_sparsity": sum(self.masked_weights.values()) / total_weights(self.spaces),
             "sparsities": self.final_sparsities(),
             "score": self.best_score,
         }

@@ -26,6 +26,12 @@ class LayerConfig:
     options: Mapping[str, Any] = attrs.field(converter=_freeze, factory=dict)
     index: int = attrs.field(default=0, validator=attrs.validators.instance_of(int))
 
+    def __deepcopy__(self, memo: dict) -> LayerConfig:
+        return self  # frozen and immutable: a wrapped model deep-copies with it shared
+
+    def __reduce__(self) -> tuple:
+        return (LayerConfig, (self.name, self.op_type, dict(self.options), self.index))
+
     def __getitem__(self, key: str) -> Any:
         return self.options[key]
 

@@ -11,6 +11,8 @@ import torch.nn as nn
 
 from nncore.builtin_pruners import FPGMPruner, L1FilterPruner, L2FilterPruner
 from nncore.builtin_pruners.filter_base import find_following_batchnorms
+from nncore.errors import ConfigError
+from tests.conftest import assert_untouched, snapshot
 
 
 class ConvBNNet(nn.Module):
@@ -139,7 +141,7 @@ def test_only_a_batchnorm_that_directly_consumes_the_conv_output_follows():
     pruner.compress()
     assert pruner.followers.keys() == {"4"}
     assert pruner.followers["4"].config["leader"] == "3"
-    assert find_following_batchnorms(model, ["0", "3"], torch.randn(1, 1, 2, 2)) == {"3": "4"}
+    assert find_following_batchnorms(model, ["0", "3"], (torch.randn(1, 1, 2, 2),)) == {"3": "4"}
 
 
 def test_unwrap_restores_the_batchnorms():
@@ -149,3 +151,11 @@ def test_unwrap_restores_the_batchnorms():
     pruner.compress()
     pruner.unwrap_model()
     assert net.bn1 is bn1 and isinstance(net.conv1, nn.Conv2d)
+
+
+def test_a_dummy_input_the_model_cannot_run_is_refused_before_anything_is_touched():
+    net = make_net()
+    before = snapshot(net)
+    with pytest.raises(ConfigError, match="L2FilterPruner: dummy_input does not run through the model"):
+        L2FilterPruner(net, [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dummy_input=torch.randn(1, 3, 5, 5))
+    assert_untouched(net, before)

@@ -365,6 +365,3 @@ class Quantizer(Compressor):
     """Base of quantization algorithms (the quantizers issue builds their wrapper and export)."""
 
     kind: ClassVar[str] = "quantizer"
-
-
-_set_submodule = set_submodule  # old private name, still used by modules being written

@@ -155,7 +155,7 @@ def train_epochs(
             optimizer.step()
             if on_step is not None:
                 on_step()
-            total += float(loss)
+            total += loss.item()
         scheduler.step()
         bar.set_postfix(loss=f"{total:.3f}")
     model.eval()

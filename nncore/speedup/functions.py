@@ -62,10 +62,13 @@ def _arg(args, kwargs, index: int, name: str, default: Any = None) -> Any:
 
 def _tensor_infos(ctx: Context, node: fx.Node) -> list[TInfo]:
     found = []
-    for arg in list(node.args) + list(node.kwargs.values()):
-        info = ctx.info(arg)
+    pending = [ctx.info(arg) for arg in list(node.args) + list(node.kwargs.values())]
+    while pending:
+        info = pending.pop()
         if isinstance(info, TInfo):
             found.append(info)
+        elif isinstance(info, (list, tuple)):
+            pending.extend(info)
     return found
 
 
@@ -129,9 +132,7 @@ def channelwise(info: TInfo, value: torch.Tensor, keep_dims: int = 2, keep_zero:
 
 def _getitem(ctx: Context, node: fx.Node, info: Any, index: Any, value: Any) -> Any:
     if not isinstance(info, TInfo):
-        if isinstance(info, (list, tuple)) and isinstance(index, int):
-            return info[index]
-        if isinstance(info, (list, tuple)) and isinstance(index, slice):
+        if isinstance(info, (list, tuple)) and isinstance(index, (int, slice)):
             return info[index]
         return unknown_info(value) if info is None else ctx.barrier(node, value)
     items = index if isinstance(index, tuple) else (index,)
@@ -139,31 +140,39 @@ def _getitem(ctx: Context, node: fx.Node, info: Any, index: Any, value: Any) -> 
            for i in items):
         return ctx.barrier(node, value, f"advanced indexing ({ctx.op_label(node)})")
     consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
-    slots, zeros, d = [], [], 0
+    placed, d = [], 0  # (item, source dim or None)
     for item in items:
+        if item is None:
+            placed.append((None, None))
+        elif item is Ellipsis:
+            for _ in range(info.ndim - consumed):
+                placed.append((slice(None), d))
+                d += 1
+        else:
+            placed.append((item, d))
+            d += 1
+    placed += [(slice(None), k) for k in range(d, info.ndim)]
+    selected = sorted(((dim, item) for item, dim in placed if isinstance(item, int)), reverse=True)
+    current = info
+    for dim, item in selected:
+        ctx.classes.pin(info.slots[dim][item:item + 1] if item >= 0 else info.slots[dim][item:][:1],
+                        f"{ctx.op_label(node)} (selects one channel)")
+        current = current.select(dim, item % len(info.slots[dim]))
+    slots, zeros, keep_grid = [], [], True
+    for item, dim in placed:
         if item is None:
             slots.append(pinned_vector(1))
             zeros.append(no_zero(1))
-        elif item is Ellipsis:
-            for _ in range(info.ndim - consumed):
-                slots.append(info.slots[d])
-                zeros.append(info.zero[d])
-                d += 1
-        elif isinstance(item, int):
-            ctx.classes.pin(info.slots[d][item:item + 1] if item >= 0 else info.slots[d][item:][:1],
-                            f"{ctx.op_label(node)} (selects one channel)")
-            d += 1
-        else:
+            keep_grid = False
+        elif isinstance(item, slice):
+            k = dim - sum(1 for other, _ in selected if other < dim)
             if item.step not in (None, 1):
-                ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (strided slice of channels)")
-            slots.append(info.slots[d][item])
-            zeros.append(info.zero[d][item])
-            d += 1
-    while d < info.ndim:
-        slots.append(info.slots[d])
-        zeros.append(info.zero[d])
-        d += 1
-    return TInfo(slots, zeros)
+                ctx.classes.pin(current.slots[k], f"{ctx.op_label(node)} (strided slice of channels)")
+            if item != slice(None):
+                keep_grid = False
+            slots.append(current.slots[k][item])
+            zeros.append(current.zero[k][item])
+    return TInfo(slots, zeros, current.grid if keep_grid else None)
 
 
 def _matmul(ctx: Context, node: fx.Node, a: TInfo, b: TInfo, value: torch.Tensor) -> TInfo:
@@ -201,6 +210,24 @@ def _reduction(ctx: Context, node: fx.Node, name: str, info: TInfo, args, kwargs
     if isinstance(value, tuple):
         return (out, out.without_zero())
     return out
+
+
+def _pad(ctx: Context, node: fx.Node, info: TInfo, pad, value: torch.Tensor) -> TInfo:
+    """``F.pad``: padded dimensions get new (unremovable) indices, the others pass through."""
+    padded = {info.ndim - 1 - k for k in range(len(pad) // 2) if pad[2 * k] or pad[2 * k + 1]}
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    fill = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+    keeps_zero = mode != "constant" or not fill
+    slots, zeros = [], []
+    for d in range(info.ndim):
+        if d in padded:
+            ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (pads channels)")
+            slots.append(pinned_vector(value.shape[d]))
+            zeros.append(no_zero(value.shape[d]))
+        else:
+            slots.append(info.slots[d])
+            zeros.append(info.zero[d] if keeps_zero else no_zero(len(info.zero[d])))
+    return TInfo(slots, zeros)
 
 
 def _pin_dims(ctx: Context, node: fx.Node, info: TInfo, dims, why: str) -> TInfo:
@@ -257,8 +284,8 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
     if name in VIEWS:
         return shapes.reshape(ctx, node, first, value.shape)
     if name == "permute":
-        order = args[1:] if not isinstance(args[1], (list, tuple)) else args[1]
-        return shapes.permute(first, _arg(args, kwargs, 99, "dims", order))
+        order = kwargs.get("dims") or (args[1] if isinstance(args[1], (list, tuple)) else args[1:])
+        return shapes.permute(first, order)
     if name in ("transpose", "swapaxes", "swapdims"):
         return shapes.transpose(first, int(_arg(args, kwargs, 1, "dim0")), int(_arg(args, kwargs, 2, "dim1")))
     if name == "t":
@@ -270,8 +297,7 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
     if name == "unbind":
         dim = norm_dim(_arg(args, kwargs, 1, "dim", 0), first.ndim)
         ctx.classes.pin(first.slots[dim], f"{ctx.op_label(node)} (unbinds channels)")
-        piece = TInfo(first.slots[:dim] + first.slots[dim + 1:], first.zero[:dim] + first.zero[dim + 1:])
-        return tuple(piece for _ in value)
+        return tuple(first.select(dim, i) for i in range(len(value)))
     if name in ("expand", "expand_as", "broadcast_to"):
         out = elementwise(ctx, [first], value, "first")
         return out
@@ -288,6 +314,8 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
         if dim is not None:
             dims = dim if isinstance(dim, (list, tuple)) else [dim]
             return _pin_dims(ctx, node, first, dims, "mixes channels")
+    if name == "pad":
+        return _pad(ctx, node, first, _arg(args, kwargs, 1, "pad"), value)
     if name == "layer_norm":
         normalized = _arg(args, kwargs, 1, "normalized_shape")
         return _pin_dims(ctx, node, first, range(-len(normalized), 0), "normalizes over channels")

@@ -69,22 +69,45 @@ def trace(model: nn.Module, leaf_types: tuple[type, ...] = ()) -> tuple[fx.Graph
     raise SpeedupError(f"torch.fx cannot trace {type(model).__name__}")
 
 
+def _shape_only(value: Any) -> Any:
+    """Tensors replaced by storage-free ``meta`` tensors of the same shape and dtype."""
+    if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+        return torch.empty(tuple(int(n) for n in value.shape), dtype=value.dtype, device="meta")
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return tuple(_shape_only(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_shape_only(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _shape_only(v) for k, v in value.items()}
+    return value
+
+
 class _Recorder(fx.Interpreter):
+    """Runs the graph, keeping only the shapes of intermediate tensors (memory stays flat)."""
+
     def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm, garbage_collect_values=False)
+        super().__init__(gm, garbage_collect_values=True)
+        self.shapes: dict[fx.Node, Any] = {}
 
     def run_node(self, node: fx.Node) -> Any:
-        return super().run_node(node)
+        result = super().run_node(node)
+        self.shapes[node] = result if node.op == "get_attr" else _shape_only(result)
+        return result
 
 
 def record_values(gm: fx.GraphModule, args: tuple, kwargs: dict) -> dict[fx.Node, Any]:
-    """Run ``gm`` once (no grad) and return every node's value."""
-    recorder = _Recorder(gm)
+    """Every node's value on the dummy input (one forward pass, no grad); intermediate tensors
+    are kept as storage-free ``meta`` tensors of the same shape, so memory stays flat.
+
+    (Running on the ``meta`` device instead was tried: its first use in a process costs
+    seconds of lazy initialisation, more than a real forward pass of a ResNet-50.)
+    """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     flat = list(args) + [kwargs[n.target] for n in placeholders[len(args):] if n.target in kwargs]
+    recorder = _Recorder(gm)
     with torch.no_grad():
         recorder.run(*flat)
-    return dict(recorder.env)
+    return recorder.shapes
 
 
 def module_path(node: fx.Node) -> str:

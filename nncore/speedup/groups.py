@@ -34,7 +34,7 @@ class ChannelClasses:
 
     def __init__(self) -> None:
         self.parent: list[int] = [PIN]
-        self.pins: list[tuple[int, str]] = []
+        self.pins: list[tuple[int, str, bool]] = []
         self.reads: list[tuple[int, bool]] = []
         self.constraints: list[GroupConstraint] = []
 
@@ -78,11 +78,15 @@ class ChannelClasses:
             self.union(first, other)
         return self.find(first)
 
-    def pin(self, slots: np.ndarray, reason: str) -> None:
-        """Mark these slots as unremovable, remembering why (``reason`` names the op)."""
-        for slot in np.unique(slots):
+    def pin(self, slots: np.ndarray, reason: str, zero: np.ndarray | None = None) -> None:
+        """Mark these slots as unremovable, remembering why (``reason`` names the op).
+
+        ``zero[i]`` says slot ``i`` holds an exact zero there: pruned channels being blocked.
+        """
+        zero = np.zeros(len(slots), dtype=bool) if zero is None else np.asarray(zero, dtype=bool)
+        for slot, is_zero in zip(slots.tolist(), zero.tolist()):
             if slot != PIN:
-                self.pins.append((int(slot), reason))
+                self.pins.append((slot, reason, is_zero))
 
     def read(self, slots: np.ndarray, ok: np.ndarray) -> None:
         """A channel-mixing consumer reads ``slots``; ``ok[i]`` says it reads a zero (or ignores it)."""
@@ -101,12 +105,11 @@ class Decision:
     removed: frozenset
     kept_by: dict = attrs.field(eq=False)  # reason -> number of classes it blocked
     roots: np.ndarray = attrs.field(eq=False)  # slot -> class root
+    removed_slots: np.ndarray = attrs.field(eq=False)  # slot -> removed?
 
     def removed_mask(self, slots: np.ndarray) -> np.ndarray:
         """Boolean vector: which of these slots are removed."""
-        if not self.removed:
-            return np.zeros(len(slots), dtype=bool)
-        return np.isin(self.roots[slots], np.fromiter(self.removed, dtype=np.int64))
+        return self.removed_slots[slots]
 
 
 def decide(classes: ChannelClasses) -> Decision:
@@ -121,7 +124,12 @@ def decide(classes: ChannelClasses) -> Decision:
             any_ok.add(root)
     wanted = {root for root, good in all_ok.items() if good and root != PIN}
     pin_reasons: dict[int, str] = {}
-    for slot, reason in classes.pins:
+    for slot, reason, is_zero in classes.pins:
+        root = int(roots[slot])
+        if is_zero and root not in pin_reasons and all_ok.get(root, True):
+            wanted.add(root)
+            pin_reasons[root] = reason
+    for slot, reason, _ in classes.pins:
         pin_reasons.setdefault(int(roots[slot]), reason)
     removed = {root for root in wanted if root not in pin_reasons}
     kept_by: dict[str, int] = defaultdict(int)
@@ -130,9 +138,13 @@ def decide(classes: ChannelClasses) -> Decision:
             kept_by[pin_reasons[root]] += 1
     conflicts = len([root for root in any_ok if root not in wanted and root != PIN])
     if conflicts:
-        kept_by["coupled channels disagree (a member of the group is not pruned)"] += conflicts
+        kept_by["coupled channels are not zero everywhere they are read (conflicting masks in the group, "
+                "or an unmasked bias or normalization in between)"] += conflicts
     removed = _resolve_groups(classes.constraints, roots, removed, kept_by)
-    return Decision(removed=frozenset(removed), kept_by=dict(kept_by), roots=roots)
+    flags = np.zeros(len(roots), dtype=bool)
+    if removed:
+        flags[np.fromiter(removed, dtype=np.int64)] = True
+    return Decision(removed=frozenset(removed), kept_by=dict(kept_by), roots=roots, removed_slots=flags[roots])
 
 
 def _resolve_groups(constraints, roots, removed: set, kept_by) -> set:

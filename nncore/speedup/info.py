@@ -15,6 +15,7 @@ class TInfo:
 
     slots: list
     zero: list
+    grid: tuple | None = None  # (dims, bool array): exact zeros over several dims (attention qkv)
 
     @property
     def ndim(self) -> int:
@@ -24,7 +25,25 @@ class TInfo:
         return tuple(len(s) for s in self.slots)
 
     def copy(self) -> TInfo:
-        return TInfo(list(self.slots), list(self.zero))
+        return TInfo(list(self.slots), list(self.zero), self.grid)
+
+    def select(self, dim: int, index: int) -> TInfo:
+        """The info after indexing ``dim`` with one integer (the dimension disappears)."""
+        slots = self.slots[:dim] + self.slots[dim + 1:]
+        zero = self.zero[:dim] + self.zero[dim + 1:]
+        grid = None
+        if self.grid is not None:
+            dims, values = self.grid
+            if dim in dims:
+                values = np.take(values, index, axis=dims.index(dim))
+                dims = tuple(d for d in dims if d != dim)
+            dims = tuple(d - 1 if d > dim else d for d in dims)
+            for k, d in enumerate(dims):
+                others = tuple(a for a in range(len(dims)) if a != k)
+                zero[d] = zero[d] | (values.all(axis=others) if others else values)
+            if len(dims) > 1:
+                grid = (dims, values)
+        return TInfo(slots, zero, grid)
 
     def without_zero(self) -> TInfo:
         return TInfo(list(self.slots), [np.zeros(len(s), dtype=bool) for s in self.slots])
@@ -44,11 +63,12 @@ def pinned_info(shape) -> TInfo:
 
 
 def zero_slabs(value: torch.Tensor, dim: int) -> np.ndarray:
-    """For each index along ``dim``: is the whole slab exactly zero?"""
+    """For each index along ``dim``: is the whole slab exactly zero? (``value`` holds no negative
+    entries: a 0/1 mask.)"""
     if value.dim() == 0:
         return np.zeros(0, dtype=bool)
     moved = value.detach().movedim(dim, 0).reshape(value.shape[dim], -1)
-    return (moved == 0).all(dim=1).cpu().numpy()
+    return (moved.sum(dim=1, dtype=torch.float64) == 0).cpu().numpy()
 
 
 def norm_dim(dim: int, ndim: int) -> int:

@@ -16,18 +16,20 @@ from nncore.speedup.info import TInfo, no_zero, pinned_info
 class Context:
     """State of one analysis pass, handed to every op handler and shrinking rule."""
 
-    def __init__(self, gm: fx.GraphModule, values: dict, masked: set[str], choices: dict,
-                 extra_rules: dict | None = None) -> None:
+    def __init__(self, gm: fx.GraphModule, values: dict, masks: dict, choices: dict,
+                 extra_rules: dict | None = None, cache: dict | None = None) -> None:
         self.gm = gm
+        self.cache = {} if cache is None else cache
         self.extra_rules = extra_rules or {}
         self.values = values
-        self.masked = masked
+        self.masks = masks
         self.choices = choices
         self.classes = ChannelClasses()
         self.infos: dict[fx.Node, Any] = {}
         self.records: dict[tuple[str, str], np.ndarray] = {}
         self.splits: dict[tuple[str, int], int] = {}
         self.unknown: list[tuple[str, str]] = []
+        self.filter_zero: dict[str, np.ndarray] = {}
 
     # -- helpers for handlers and rules ------------------------------------------------------
     def choose(self, node: fx.Node, key: int, count: int, default: int) -> int:
@@ -41,7 +43,12 @@ class Context:
 
     def is_masked(self, name: str) -> bool:
         """Zeros of this module's parameters count (it has an entry in the masks)."""
-        return name in self.masked
+        return name in self.masks
+
+    def weight_mask(self, name: str) -> torch.Tensor | None:
+        """The weight mask of module ``name`` (``None`` when it has none)."""
+        entry = self.masks.get(name)
+        return None if entry is None else entry.get("weight")
 
     def op_label(self, node: fx.Node) -> str:
         where = module_path(node) or "<model>"
@@ -77,8 +84,8 @@ class Context:
     def pin_all(self, infos: Any, reason: str) -> None:
         """Keep every channel of these tensors (recursing into containers)."""
         if isinstance(infos, TInfo):
-            for slots in infos.slots:
-                self.classes.pin(slots, reason)
+            for slots, zero in zip(infos.slots, infos.zero):
+                self.classes.pin(slots, reason, zero)
         elif isinstance(infos, (list, tuple)):
             for item in infos:
                 self.pin_all(item, reason)
@@ -112,13 +119,13 @@ def fresh_info(ctx: Context, value: torch.Tensor) -> TInfo:
     return TInfo([ctx.classes.new(n) for n in value.shape], [no_zero(n) for n in value.shape])
 
 
-def propagate(gm: fx.GraphModule, values: dict, masked: set[str], choices: dict,
-              extra_rules: dict | None = None) -> Context:
+def propagate(gm: fx.GraphModule, values: dict, masks: dict, choices: dict,
+              extra_rules: dict | None = None, cache: dict | None = None) -> Context:
     """Run the analysis once with the given split choices."""
     from nncore.speedup.functions import call_function
     from nncore.speedup.rules import call_module
 
-    ctx = Context(gm, values, masked, choices, extra_rules)
+    ctx = Context(gm, values, masks, choices, extra_rules, cache)
     for node in gm.graph.nodes:
         value = values.get(node)
         if node.op == "placeholder":

@@ -16,6 +16,7 @@ from torch import nn
 
 from nncore.errors import ConfigError
 from nncore.speedup import functions
+from nncore.speedup.groups import GroupConstraint
 from nncore.speedup.info import TInfo, no_zero, pinned_vector, zero_slabs
 from nncore.speedup.propagate import Context
 
@@ -54,9 +55,9 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None
     if value is None or old is None:
         return
     if isinstance(old, nn.Parameter):
-        setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+        setattr(module, name, nn.Parameter(value.detach(), requires_grad=old.requires_grad))
     else:
-        setattr(module, name, value.detach().clone())
+        setattr(module, name, value.detach())
 
 
 class ConvRule(ShrinkRule):
@@ -72,7 +73,16 @@ class ConvRule(ShrinkRule):
         masked = ctx.is_masked(name)
         bias_zero = np.ones(cout, bool) if module.bias is None else (
             (module.bias.detach() == 0).numpy() if masked else np.zeros(cout, bool))
-        filter_zero = zero_slabs(weight, 0) if masked else np.zeros(cout, bool)
+        kept_weights = None  # masks hold 0/1: per (filter, input channel) count of kept weights
+        if masked:  # one pass over the mask, shared by every analysis run
+            kept_weights = ctx.cache.get((name, "kept"))
+            if kept_weights is None:
+                mask = ctx.weight_mask(name).detach()
+                kept_weights = mask.reshape(cout, cin // groups, -1).sum(dim=2, dtype=torch.float64)
+                ctx.cache[(name, "kept")] = kept_weights
+        filter_zero = (kept_weights.sum(dim=1) == 0).numpy() if masked else np.zeros(cout, bool)
+        if masked:
+            ctx.filter_zero[name] = filter_zero
         if groups == cin == cout:
             out_slots = x.slots[1]
             ctx.record(name, "channels", out_slots)
@@ -80,16 +90,14 @@ class ConvRule(ShrinkRule):
         else:
             out_slots = ctx.classes.new(cout)
             if masked:
-                per_group = weight.reshape(groups, cout // groups, cin // groups, -1)
-                column_zero = (per_group == 0).all(dim=3).all(dim=1).reshape(cin).numpy()
+                per_group = kept_weights.reshape(groups, cout // groups, cin // groups)
+                column_zero = (per_group.sum(dim=1) == 0).reshape(cin).numpy()
             else:
                 column_zero = np.zeros(cin, bool)
             ctx.classes.read(x.slots[1], x.zero[1] | column_zero)
             ctx.record(name, "in", x.slots[1])
             ctx.record(name, "out", out_slots)
             if groups > 1:
-                from nncore.speedup.groups import GroupConstraint
-
                 ctx.classes.constrain_groups(GroupConstraint(name, groups, x.slots[1], out_slots))
             zero = filter_zero & bias_zero
         slots = [x.slots[0], out_slots] + [pinned_vector(n) for n in output.shape[2:]]
@@ -105,6 +113,11 @@ class ConvRule(ShrinkRule):
             return None
         keep_in, keep_out = kept("in"), kept("out")
         groups, cin, cout = module.groups, module.in_channels, module.out_channels
+        if groups == 1:
+            _set_param(module, "weight", _slice(_slice(module.weight, keep_out, 0), keep_in, 1))
+            _set_param(module, "bias", _slice(module.bias, keep_out, 0))
+            module.in_channels, module.out_channels = len(keep_in), len(keep_out)
+            return None
         in_per, out_per = cin // groups, cout // groups
         pieces = []
         for g in range(groups):
@@ -126,13 +139,16 @@ class LinearRule(ShrinkRule):
             return ctx.barrier(node, output)
         name = str(node.target)
         masked = ctx.is_masked(name)
-        weight = module.weight.detach()
+        weight = ctx.weight_mask(name) if masked else module.weight.detach()
         column_zero = zero_slabs(weight, 1) if masked else np.zeros(weight.shape[1], bool)
         ctx.classes.read(x.slots[-1], x.zero[-1] | column_zero)
         out_slots = ctx.classes.new(module.out_features)
         bias_zero = np.ones(module.out_features, bool) if module.bias is None else (
             (module.bias.detach() == 0).numpy() if masked else np.zeros(module.out_features, bool))
-        zero = (zero_slabs(weight, 0) if masked else np.zeros(module.out_features, bool)) & bias_zero
+        filter_zero = zero_slabs(weight, 0) if masked else np.zeros(module.out_features, bool)
+        if masked:
+            ctx.filter_zero[name] = filter_zero
+        zero = filter_zero & bias_zero
         ctx.record(name, "in", x.slots[-1])
         ctx.record(name, "out", out_slots)
         lead = x.slots[:-1]
@@ -291,6 +307,11 @@ def plugin_rules() -> dict[type, ShrinkRule]:
             if isinstance(module_type, type) and isinstance(rule, ShrinkRule):
                 rules[module_type] = rule
     return rules
+
+
+def builtin_leaf_types() -> tuple[type, ...]:
+    """Module types with a built-in rule: subclasses (``Conv2dSame``-style) are traced as units."""
+    return tuple(_BUILTIN) + (nn.MultiheadAttention,)
 
 
 def extra_rules() -> dict[type, ShrinkRule]:

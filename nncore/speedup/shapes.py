@@ -43,7 +43,10 @@ def _split(ctx, node, key, flat_slots, flat_zero, sizes: list[int]):
     if np.all(flat_slots == PIN):
         return [pinned_vector(n) for n in sizes], zeros
     scores = [int(z.sum()) * (len(flat_zero) // n) for z, n in zip(zeros, sizes)]
-    default = int(np.argmax(scores)) if max(scores) > 0 else 0
+    if max(scores) > 0:
+        default = int(np.argmax(scores))
+    else:  # the largest dimension, the innermost on a tie (head_dim, channels per group)
+        default = max(range(len(sizes)), key=lambda k: (sizes[k], k))
     carrier = ctx.choose(node, key, len(sizes), default)
     grid = flat_slots.reshape(sizes)
     vector = np.empty(sizes[carrier], dtype=np.int64)
@@ -61,6 +64,7 @@ def reshape(ctx, node, info: TInfo, out_shape) -> TInfo:
     outs = [d for d, n in enumerate(out_shape) if n != 1]
     slots = [pinned_vector(n) for n in out_shape]
     zero = [no_zero(n) for n in out_shape]
+    grid = None
     i = j = 0
     key = 0
     while i < len(ins) and j < len(outs):
@@ -82,12 +86,18 @@ def reshape(ctx, node, info: TInfo, out_shape) -> TInfo:
         key += 1
         for d, s, z in zip(group_out, new_slots, new_zero):
             slots[d], zero[d] = s, z
-    return TInfo(slots, zero)
+        if grid is None and len(group_out) > 1 and flat_zero.any():
+            grid = (tuple(group_out), flat_zero.reshape([out_shape[d] for d in group_out]))
+    return TInfo(slots, zero, grid)
 
 
 def permute(info: TInfo, order) -> TInfo:
     order = [norm_dim(int(d), info.ndim) for d in order]
-    return TInfo([info.slots[d] for d in order], [info.zero[d] for d in order])
+    grid = None
+    if info.grid is not None:
+        dims, values = info.grid
+        grid = (tuple(order.index(d) for d in dims), values)
+    return TInfo([info.slots[d] for d in order], [info.zero[d] for d in order], grid)
 
 
 def transpose(info: TInfo, a: int, b: int) -> TInfo:

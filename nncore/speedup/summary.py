@@ -18,7 +18,7 @@ class SpeedupSummary:
     notes: tuple = ()
     rewritten: tuple = ()
     opaque_modules: tuple = ()
-    max_abs_diff: float = 0.0
+    max_abs_diff: float | None = None  # measured with ``verify=True``
 
     def __str__(self) -> str:
         lines = [f"speedup: {len(self.shrunk)} module(s)/attribute(s) shrunk"]
@@ -28,5 +28,6 @@ class SpeedupSummary:
             lines.append(f"  kept {count} pruned channel group(s): {reason}")
         for note in self.notes:
             lines.append(f"  note: {note}")
-        lines.append(f"  max |output difference| vs masked model: {self.max_abs_diff:.3g}")
+        if self.max_abs_diff is not None:
+            lines.append(f"  max |output difference| vs masked model: {self.max_abs_diff:.3g}")
         return "\n".join(lines)

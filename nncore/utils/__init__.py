@@ -2,3 +2,5 @@
 from __future__ import annotations
 
 from nncore.utils.counter import count_flops_params
+from nncore.utils.dependency import ChannelDependency, GroupDependency
+from nncore.utils.sensitivity import SensitivityAnalysis

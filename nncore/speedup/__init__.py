@@ -1,0 +1,34 @@
+"""Model speedup: masks become a truly smaller model that computes the same function.
+
+``ModelSpeedup(model, dummy_input, masks).speedup_model()`` traces the model with torch.fx,
+couples channels that must go together (residual adds, concatenation, grouped and depthwise
+convolution, flatten/view into Linear, attention heads), keeps every channel it cannot prove
+removable, and slices each module with a per-type rule. Extend it with
+:func:`register_shrink_rule`, or ship rules from a plugin via the ``register_shrink_rules`` hook.
+"""
+from __future__ import annotations
+
+from nncore.speedup.engine import ModelSpeedup, apply_compression_results
+from nncore.speedup.rules import (
+    BatchNormRule,
+    ChannelwiseRule,
+    ConvRule,
+    LinearRule,
+    ShrinkRule,
+    register_shrink_rule,
+    unregister_shrink_rule,
+)
+from nncore.speedup.summary import SpeedupSummary
+
+__all__ = [
+    "BatchNormRule",
+    "ChannelwiseRule",
+    "ConvRule",
+    "LinearRule",
+    "ModelSpeedup",
+    "ShrinkRule",
+    "SpeedupSummary",
+    "apply_compression_results",
+    "register_shrink_rule",
+    "unregister_shrink_rule",
+]

@@ -1,0 +1,127 @@
+"""The one topology analysis, shared by speedup and dependency-aware pruning."""
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+from torch import nn
+
+from nncore.speedup.graph import record_values, trace
+from nncore.speedup.groups import Decision, decide
+from nncore.speedup.propagate import Context, propagate
+from nncore.speedup.rules import builtin_leaf_types, extra_rules
+
+MAX_SPLIT_TRIALS = 64
+
+
+def split_inputs(dummy_input: Any) -> tuple[tuple, dict]:
+    """``dummy_input`` as positional and keyword arguments."""
+    if isinstance(dummy_input, dict):
+        return (), dict(dummy_input)
+    if isinstance(dummy_input, (list, tuple)):
+        return tuple(dummy_input), {}
+    return (dummy_input,), {}
+
+
+class Analysis:
+    """Trace once, record one forward pass, propagate channel classes, decide what goes.
+
+    :ivar gm: the traced ``torch.fx.GraphModule`` (shares submodules with the traced model)
+    :ivar ctx: the analysis context of the chosen split layout
+    :ivar decision: removed classes and the reasons others were kept
+    :ivar opaque: submodules that could not be traced and are kept as barriers
+    """
+
+    def __init__(self, model: nn.Module, dummy_input: Any, masks: dict | None = None) -> None:
+        self.rules = extra_rules()
+        self.gm, self.opaque = trace(model, tuple(self.rules) + builtin_leaf_types())
+        args, kwargs = split_inputs(dummy_input)
+        self.values = record_values(self.gm, args, kwargs)
+        self.masks = dict(masks or {})
+        self.cache: dict = {}
+        self.ctx, self.decision = self._best_layout()
+
+    def _run(self, choices: dict) -> tuple[Context, Decision]:
+        ctx = propagate(self.gm, self.values, self.masks, choices, self.rules, self.cache)
+        return ctx, _keep_one_channel(ctx, decide(ctx.classes))
+
+    @staticmethod
+    def _score(decision: Decision) -> int:
+        return int(decision.removed_slots.sum())
+
+    def _best_layout(self) -> tuple[Context, Decision]:
+        """Greedy choice of the carrier dimension at every channel split (heads vs. groups)."""
+        choices: dict = {}
+        ctx, decision = self._run(choices)
+        if not self.masks or not ctx.splits or len(ctx.splits) > MAX_SPLIT_TRIALS:
+            return ctx, decision
+        best = self._score(decision)
+        for key, count in sorted(ctx.splits.items()):
+            for alternative in range(count):
+                trial = {**choices, key: alternative}
+                trial_ctx, trial_decision = self._run(trial)
+                score = self._score(trial_decision)
+                if score > best:
+                    best, choices, ctx, decision = score, trial, trial_ctx, trial_decision
+        return ctx, decision
+
+    def layer_slots(self, key: str = "out") -> dict[str, np.ndarray]:
+        """Class roots of each layer's recorded axis (``"out"``: output channels of conv/linear;
+        depthwise convolutions report their ``"channels"``)."""
+        roots = self.decision.roots
+        found = {}
+        for (owner, axis), slots in self.ctx.records.items():
+            if owner.startswith("attr:"):
+                continue
+            if axis == key or (key == "out" and axis == "channels"
+                               and isinstance(self.gm.get_submodule(owner), nn.modules.conv._ConvNd)):
+                found[owner] = roots[slots]
+        return found
+
+
+def _keep_one_channel(ctx: Context, decision: Decision) -> Decision:
+    """A layer never loses all its channels: keep the first class of any axis emptied."""
+    removed = set(decision.removed)
+    changed = True
+    while changed and removed:
+        changed = False
+        flags = np.isin(decision.roots, np.fromiter(removed, dtype=np.int64))
+        for (owner, axis), slots in ctx.records.items():
+            if not owner.startswith("attr:") and len(slots) and flags[slots].all():
+                removed.discard(int(decision.roots[slots[0]]))
+                changed = True
+                break
+    if len(removed) == len(decision.removed):
+        return decision
+    kept_by = dict(decision.kept_by)
+    kept_by["a layer keeps at least one channel"] = len(decision.removed) - len(removed)
+    flags = np.isin(decision.roots, np.fromiter(removed, dtype=np.int64)) if removed else \
+        np.zeros(len(decision.roots), dtype=bool)
+    return attrs.evolve(decision, removed=frozenset(removed), kept_by=kept_by, removed_slots=flags)
+
+
+def coupled_sets(analysis: Analysis) -> list[set[str]]:
+    """Sets of layer names whose output channels are coupled index by index (channel ``i`` of one
+    is channel ``i`` of every other: prune the same indices). Layers coupled only partially
+    (a channel shuffle mixing a wide and a narrow layer) are not put together."""
+    layers = analysis.layer_slots("out")
+    owner_of: dict[bytes, str] = {}
+    parent = {name: name for name in layers}
+
+    def find(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return parent[name]
+
+    for name, roots in layers.items():
+        if np.all(roots == 0):
+            continue
+        other = owner_of.setdefault(roots.tobytes(), name)
+        if other != name:
+            parent[find(name)] = find(other)
+    sets: dict[str, set[str]] = {}
+    for name in layers:
+        sets.setdefault(find(name), set()).add(name)
+    return list(sets.values())

@@ -1,0 +1,255 @@
+"""``ModelSpeedup``: masks in, a smaller model that computes the same function out."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nncore.artifacts import MaskDict
+from nncore.errors import SpeedupError
+from nncore.speedup.analysis import Analysis, split_inputs
+from nncore.speedup.masks import apply_masks, read_masks
+from nncore.speedup.journal import (Journal, get_attr, has_attr, mask_weights, owner_of, replace_module,
+                                    set_attr, use_graph_forward)
+from nncore.speedup.rewrite import rewrite_graph
+from nncore.speedup.rules import find_rule
+from nncore.speedup.summary import SpeedupSummary
+
+logger = logging.getLogger(__name__)
+
+RELATIVE_TOLERANCE = 1e-4
+CONSTANT_REASON = ("masked filters whose channels are not exact zeros where they are read (an unmasked "
+                   "bias or BatchNorm after them makes them constant, not zero)")
+NOTHING_STRUCTURAL = ("the masks prune no whole channel (fine-grained masks): nothing can be removed "
+                      "structurally; the masks were applied to the weights and the model is unchanged in shape")
+
+
+def _flat_tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _flat_tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _flat_tensors(item)]
+    return []
+
+
+def _difference(reference: Any, result: Any) -> tuple[float, float]:
+    refs, outs = _flat_tensors(reference), _flat_tensors(result)
+    if len(refs) != len(outs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
+        return float("inf"), 1.0
+    diff = max((float((r - o).abs().max()) for r, o in zip(refs, outs) if r.numel()), default=0.0)
+    scale = max((float(r.abs().max()) for r in refs if r.numel()), default=0.0)
+    return diff, scale
+
+
+def _shape_of(module: Any) -> str:
+    if isinstance(module, torch.Tensor):
+        return str(tuple(module.shape))
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return str(tuple(weight.shape))
+    return type(module).__name__
+
+
+class ModelSpeedup:
+    """Turn masks into a truly smaller model (NNI's API).
+
+    :param model: the model the masks were computed for (it is only changed on success)
+    :param dummy_input: a tensor, a tuple of positional inputs, or a dict of keyword inputs
+    :param masks_file_or_dict: a mask file written by ``export_model`` or the mask dict itself
+    :param strict: raise :class:`~nncore.errors.SpeedupError` when an op the engine does not
+        understand blocks channels the masks pruned, instead of keeping them
+    :param verify: also run the masked model and the shrunk one on ``dummy_input`` and raise
+        :class:`~nncore.errors.SpeedupError` (model untouched) unless they agree within 1e-4 of
+        the output scale. Off by default: it costs two forward passes, and the analysis only
+        removes channels it proves to be exact zeros.
+
+    Sliced modules replace the old ones in ``model``; the masks are multiplied into every kept
+    weight. When the model's code carries literal sizes that changed (``x.view(n, 512 * 7 * 7)``),
+    the model's class is switched to a subclass whose ``forward`` is the rewritten traced graph:
+    ``copy.deepcopy`` and ``state_dict`` work, pickling the whole model does not (save the
+    ``state_dict``). :attr:`summary` lists what was shrunk and why pruned channels were kept.
+    """
+
+    def __init__(self, model: nn.Module, dummy_input: Any, masks_file_or_dict: str | os.PathLike | MaskDict,
+                 strict: bool = False, verify: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise SpeedupError(f"ModelSpeedup: model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.dummy_input = dummy_input
+        self.masks = read_masks(model, masks_file_or_dict)
+        self.strict = strict
+        self.verify = verify
+        self.summary: SpeedupSummary | None = None
+
+    # -- public --------------------------------------------------------------------------------
+    def speedup_model(self) -> nn.Module:
+        """Shrink the model in place and return it; :attr:`summary` says what happened.
+
+        :raises SpeedupError: in strict mode when an unknown op blocks pruned channels, or when the
+            shrunk model does not reproduce the masked model (the model is then left untouched).
+        """
+        modes = {name: m.training for name, m in self.model.named_modules()}
+        journal = Journal()
+        try:
+            return self._speedup(journal)
+        except BaseException:
+            journal.rollback()
+            raise
+        finally:
+            for name, module in self.model.named_modules():
+                module.training = modes.get(name, module.training)
+
+    def _speedup(self, journal: Journal) -> nn.Module:
+        model = self.model
+        mask_weights(model, self.masks, journal)
+        model.eval()
+        args, kwargs = split_inputs(self.dummy_input)
+        try:
+            analysis = Analysis(model, self.dummy_input, self.masks)
+        except SpeedupError:
+            raise
+        except Exception as exc:
+            raise SpeedupError(f"speedup could not analyse {type(model).__name__}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        decision = analysis.decision
+        blocked = {r: n for r, n in decision.kept_by.items() if r.startswith("unknown op")}
+        if self.strict and blocked:
+            raise SpeedupError("strict speedup: pruned channels are blocked by an op the engine does not "
+                               "understand: " + "; ".join(blocked) + " (register a rule with "
+                               "nncore.speedup.register_shrink_rule or use strict=False to keep them)")
+        notes = []
+        masked_filters, kept_filters = self._count_filters(analysis)
+        kept_by = dict(decision.kept_by)
+        if kept_filters:
+            if not kept_by:
+                kept_by[CONSTANT_REASON] = kept_filters
+            notes.append(f"{kept_filters} of {masked_filters} masked filters kept (reasons above)")
+        if analysis.opaque:
+            notes.append("traced with torch.fx; opaque (untraceable) submodules kept whole: "
+                         + ", ".join(analysis.opaque))
+        if kept_by:
+            warnings.warn(("speedup removed nothing: " if not decision.removed else "speedup kept pruned channels: ")
+                          + "; ".join(f"{reason} ({count})" for reason, count in kept_by.items()),
+                          UserWarning, stacklevel=3)
+        if not decision.removed:
+            if not masked_filters:
+                notes.append(NOTHING_STRUCTURAL)
+                warnings.warn(NOTHING_STRUCTURAL, UserWarning, stacklevel=3)
+            self.summary = SpeedupSummary(kept_by=kept_by, notes=tuple(notes),
+                                          opaque_modules=tuple(analysis.opaque))
+            logger.info("%s", self.summary)
+            return model
+        diff = None
+        try:
+            if self.verify:
+                with torch.no_grad():
+                    reference = analysis.gm(*args, **kwargs)
+            shrunk, replaced, attrs_changed = self._shrink(analysis, journal)
+            rewritten = rewrite_graph(analysis.ctx, decision)
+            if self.verify:
+                with torch.no_grad():
+                    result = analysis.gm(*args, **kwargs)
+        except SpeedupError:
+            raise
+        except Exception as exc:
+            raise SpeedupError(f"speedup failed while shrinking {type(model).__name__} "
+                               f"(the model is unchanged): {type(exc).__name__}: {exc}") from exc
+        if self.verify:
+            diff, scale = _difference(reference, result)
+            if not diff <= RELATIVE_TOLERANCE * scale + 1e-6:
+                raise SpeedupError(f"speedup self-check failed: the shrunk model differs from the masked model "
+                                   f"by {diff:.3g} (output scale {scale:.3g}); the model is unchanged. Please "
+                                   f"report this model; register a rule for the op involved meanwhile")
+        self._commit(analysis, replaced, attrs_changed, rewritten)
+        self.summary = SpeedupSummary(shrunk=shrunk, kept_by=kept_by, notes=tuple(notes),
+                                      rewritten=tuple(rewritten), opaque_modules=tuple(analysis.opaque),
+                                      max_abs_diff=diff)
+        logger.info("%s", self.summary)
+        return model
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _count_filters(self, analysis: Analysis) -> tuple[int, int]:
+        """How many whole filters the masks prune, and how many of them stay."""
+        records, decision = analysis.ctx.records, analysis.decision
+        total = kept = 0
+        for name, zero_rows in analysis.ctx.filter_zero.items():
+            slots = records.get((name, "out"), records.get((name, "channels")))
+            if slots is None or len(slots) != len(zero_rows):
+                continue
+            total += int(zero_rows.sum())
+            kept += int((zero_rows & ~decision.removed_mask(slots)).sum())
+        return total, kept
+
+    def _shrink(self, analysis: Analysis, journal: Journal) -> tuple[dict, dict, dict]:
+        decision, records, gm = analysis.decision, analysis.ctx.records, analysis.gm
+        by_owner: dict[str, dict[str, np.ndarray]] = {}
+        for (owner, key), slots in records.items():
+            by_owner.setdefault(owner, {})[key] = slots
+        shrunk, replaced, attrs_changed = {}, {}, {}
+        for owner, axes in by_owner.items():
+            removed = {key: decision.removed_mask(slots) for key, slots in axes.items()}
+            if not any(mask.any() for mask in removed.values()):
+                continue
+            if owner.startswith("attr:"):
+                target = owner[len("attr:"):]
+                tensor = gm.get_parameter(target) if target in dict(gm.named_parameters()) else get_attr(gm, target)
+                before = tuple(tensor.shape)
+                for d in range(tensor.dim()):
+                    mask = removed.get(str(d))
+                    if mask is not None and mask.any():
+                        keep = torch.as_tensor(np.nonzero(~mask)[0], dtype=torch.long, device=tensor.device)
+                        tensor = tensor.index_select(d, keep)
+                attrs_changed[target] = tensor
+                journal.touch(owner_of(gm, target))
+                set_attr(gm, target, tensor)
+                shrunk[target] = (before, tuple(tensor.shape))
+                continue
+            module = gm.get_submodule(owner)
+            rule = find_rule(module, analysis.rules)
+            before = _shape_of(module)
+
+            def kept(key: str, _removed=removed) -> np.ndarray | None:
+                return None if key not in _removed else np.nonzero(~_removed[key])[0]
+
+            journal.touch(module)
+            new = rule.shrink(module, kept)
+            if new is not None:
+                replace_module(gm, owner, new)
+                replaced[owner] = new
+                module = new
+            shrunk[owner] = (before, _shape_of(module))
+        return shrunk, replaced, attrs_changed
+
+    def _commit(self, analysis, replaced, attrs_changed, rewritten) -> None:
+        """Make the user's model the shrunk one (sliced modules are already its own)."""
+        model, gm = self.model, analysis.gm
+        for owner, module in replaced.items():
+            replace_module(model, owner, module)
+        for target, tensor in attrs_changed.items():
+            set_attr(model, target, tensor)
+        if rewritten:
+            for node in gm.graph.nodes:
+                if node.op == "get_attr" and not has_attr(model, node.target):
+                    set_attr(model, node.target, get_attr(gm, node.target))
+            use_graph_forward(model, type(gm).forward)
+
+
+def apply_compression_results(model: nn.Module, mask_path: str | os.PathLike | MaskDict,
+                              dummy_input: Any = None) -> nn.Module:
+    """Apply a mask file to ``model`` (NNI's API); with ``dummy_input`` also speed it up.
+
+    Without ``dummy_input`` the masks are multiplied into the weights (the model keeps its
+    shape, as in NNI). With it, this is ``ModelSpeedup(model, dummy_input, mask_path).speedup_model()``.
+    """
+    if dummy_input is not None:
+        return ModelSpeedup(model, dummy_input, mask_path).speedup_model()
+    masks = read_masks(model, mask_path)
+    apply_masks(model, masks)
+    return model

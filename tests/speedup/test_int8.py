@@ -1,0 +1,117 @@
+"""export_int8_onnx: the quantizer's calibration becomes an int8 ONNX model ONNX Runtime runs with integer kernels."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from nncore.artifacts import save_torch
+from nncore.builtin_quantizers import QAT_Quantizer
+from nncore.errors import ArtifactError, ConfigError
+from nncore.speedup.int8 import export_int8_onnx, load_calibration
+
+from tests.builtin_quantizers.helpers import make_convnet, run_training_batches
+
+WIO8 = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["default"]}]
+SHAPE = [1, 1, 8, 8]
+
+
+def qat_model(fold: bool = True, batches: int = 4):
+    model = make_convnet()
+    quantizer = QAT_Quantizer(model, WIO8, dummy_input=torch.randn(*SHAPE) if fold else None)
+    quantizer.compress()
+    run_training_batches(model, quantizer, batches=batches)
+    model.eval()
+    return model, quantizer
+
+
+def optimized_ops(path, tmp_path) -> set[str]:
+    """The op types ONNX Runtime actually runs (its optimized graph)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+
+def run(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {"input": sample[None].numpy()})[0] for sample in x])
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["bn-folded-in-qat", "bn-folded-at-export"])
+def test_int8_model_runs_integer_kernels_and_matches_the_fake_quantized_model(fold, tmp_path):
+    model, quantizer = qat_model(fold)
+    path = export_int8_onnx(model, quantizer.calibration_config(), tmp_path / "int8.onnx", SHAPE)
+    assert path == tmp_path / "int8.onnx"
+    graph = onnx.load(str(path)).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith(".weight/int8")}
+    assert set(weights) == {"conv1.weight/int8", "conv2.weight/int8", "conv3.weight/int8", "fc.weight/int8"}
+    assert all(w.dtype == np.int8 and np.abs(w).max() <= 63 for w in weights.values())
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and t.name.endswith(".weight") for t in graph.initializer)
+    assert {"QLinearConv", "QLinearAdd", "QGemm"} <= optimized_ops(path, tmp_path)
+    assert "Conv" not in optimized_ops(path, tmp_path)
+
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run(path, x)
+    # one output quantization step of the fake-quantized model is ~1/255 of its range
+    assert np.abs(got - expected).max() <= 0.05 * (expected.max() - expected.min())
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.85
+
+
+def test_a_plain_model_and_a_calibration_file_give_the_same_int8_model(tmp_path):
+    model, quantizer = qat_model()
+    save_torch(quantizer.calibration_config(), tmp_path / "calibration.pth")
+    plain = quantizer.inference_model()
+    from_plain = export_int8_onnx(plain, tmp_path / "calibration.pth", tmp_path / "plain.onnx", SHAPE)
+    from_wrapped = export_int8_onnx(model, quantizer.calibration_config(), tmp_path / "wrapped.onnx", SHAPE)
+    x = torch.randn(4, 1, 8, 8)
+    np.testing.assert_allclose(run(from_plain, x), run(from_wrapped, x), atol=1e-6)
+
+
+def test_bad_calibrations_are_refused_without_writing(tmp_path):
+    model, quantizer = qat_model(batches=1)
+    with pytest.raises(ConfigError, match="calibration names layers the model does not have: nope"):
+        export_int8_onnx(model, {"nope": {"weight_bits": 8}}, tmp_path / "x.onnx", SHAPE)
+    with pytest.raises(ArtifactError, match="has input_bits but no tracked_min/max_input"):
+        load_calibration({"conv1": {"input_bits": 8}})
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_calibration(tmp_path / "missing.pth")
+    save_torch([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ArtifactError, match="not a calibration config"):
+        load_calibration(tmp_path / "list.pth")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_prune_speed_up_quantize_and_run_int8_end_to_end(tmp_path):
+    """L1 filter pruning -> ModelSpeedup -> QAT -> int8 ONNX -> ONNX Runtime vs. the fake-quantized model."""
+    import nncore
+    from nncore.speedup import ModelSpeedup
+
+    model = make_convnet()
+    pruner = nncore.get_compressor("l1")(model, [{"sparsity": 0.5, "op_names": ["conv3"]}])
+    pruner.compress()
+    masks = pruner.masks()
+    pruner.unwrap_model()
+    ModelSpeedup(model, torch.randn(*SHAPE), masks).speedup_model()
+    assert (model.conv3.out_channels, model.fc.in_features) == (16, 16)  # really smaller
+
+    quantizer = QAT_Quantizer(model, WIO8, dummy_input=torch.randn(*SHAPE))
+    quantizer.compress()
+    run_training_batches(model, quantizer, batches=4)
+    model.eval()
+    calibration = quantizer.export_model(str(tmp_path / "model.pth"), str(tmp_path / "calibration.pth"))
+    path = export_int8_onnx(quantizer.inference_model(), tmp_path / "calibration.pth", tmp_path / "int8.onnx", SHAPE)
+
+    assert set(calibration) == {"conv1", "conv2", "conv3", "fc"}
+    assert "QLinearConv" in optimized_ops(path, tmp_path)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = run(path, x)
+    assert np.abs(got - expected).max() <= 0.05 * (expected.max() - expected.min())
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.85

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from nncore.compressor import Pruner
 from nncore.config import FRACTION
+from nncore.config.schema import same_value_errors
 from nncore.errors import ConfigError, NncoreError
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
@@ -96,13 +97,7 @@ class LotteryTicketPruner(Pruner):
 
     @hookimpl
     def validate_config(self, config_list: list[dict[str, Any]]) -> list[str]:
-        values = [(i, e["prune_iterations"]) for i, e in enumerate(config_list) if "prune_iterations" in e]
-        return [
-            f"config_list[{index}].prune_iterations: {value} differs from config_list[{values[0][0]}]'s "
-            f"{values[0][1]}; all entries must use the same number of rounds"
-            for index, value in values[1:]
-            if value != values[0][1]
-        ]
+        return same_value_errors(config_list, "prune_iterations", "all entries must use the same number of rounds")
 
     @hookimpl
     def calc_mask(self, wrapper: ModuleWrapper, sparsity: float) -> dict[str, torch.Tensor | None]:

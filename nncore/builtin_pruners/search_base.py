@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from nncore.artifacts import atomic_write
 from nncore.compressor import Pruner
+from nncore.config.schema import same_value_errors
 from nncore.errors import ConfigError, NncoreError, UnknownCompressorError
 from nncore.hookspecs import hookimpl
 from nncore.registry import get_compressor
@@ -340,13 +341,9 @@ class SearchPruner(Pruner):
 
     @hookimpl
     def validate_config(self, config_list: list[dict[str, Any]]) -> list[str]:
-        values = [(i, e["sparsity"]) for i, e in enumerate(config_list) if "sparsity" in e and not e.get("exclude")]
-        return [
-            f"config_list[{index}].sparsity: {value} differs from config_list[{values[0][0]}]'s {values[0][1]}; "
-            f"{type(self).__name__} searches per-layer sparsities for one overall sparsity"
-            for index, value in values[1:]
-            if value != values[0][1]
-        ]
+        return same_value_errors(
+            config_list, "sparsity", f"{type(self).__name__} searches per-layer sparsities for one overall sparsity"
+        )
 
     @hookimpl(trylast=True)
     def calc_mask(self, wrapper: ModuleWrapper, sparsity: float) -> dict[str, torch.Tensor | None] | None:

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from nncore.compressor import Pruner
 from nncore.config import FRACTION
+from nncore.config.schema import same_value_errors
 from nncore.errors import ConfigError
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
@@ -96,13 +97,7 @@ class SlimPruner(Pruner):
 
     @hookimpl
     def validate_config(self, config_list: list[dict[str, Any]]) -> list[str]:
-        sparsities = [(i, e["sparsity"]) for i, e in enumerate(config_list) if "sparsity" in e]
-        return [
-            f"config_list[{index}].sparsity: {value} differs from config_list[{sparsities[0][0]}].sparsity "
-            f"{sparsities[0][1]}; SlimPruner ranks all BatchNorm2d layers together, so give one sparsity"
-            for index, value in sparsities[1:]
-            if value != sparsities[0][1]
-        ]
+        return same_value_errors(config_list, "sparsity", "SlimPruner ranks all BatchNorm2d layers together, so give one sparsity")
 
     @hookimpl
     def calc_mask(self, wrapper: ModuleWrapper, sparsity: float) -> dict[str, torch.Tensor | None]:

@@ -102,3 +102,16 @@ def to_json_like(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: to_json_like(v) for k, v in value.items()}
     return value
+
+
+def same_value_errors(config_list: list[dict[str, Any]], key: str, reason: str) -> list[str]:
+    """Errors for entries whose ``key`` differs from the first entry that sets it.
+
+    For algorithms where ``key`` is global (one ranking, one schedule): ``reason`` says why.
+    """
+    values = [(i, e[key]) for i, e in enumerate(config_list) if key in e and not e.get("exclude")]
+    return [
+        f"config_list[{index}].{key}: {value} differs from config_list[{values[0][0]}].{key} {values[0][1]}; {reason}"
+        for index, value in values[1:]
+        if value != values[0][1]
+    ]

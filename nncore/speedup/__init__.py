@@ -9,6 +9,7 @@ removable, and slices each module with a per-type rule. Extend it with
 from __future__ import annotations
 
 from nncore.speedup.engine import ModelSpeedup, apply_compression_results
+from nncore.speedup.int8 import export_int8_onnx
 from nncore.speedup.rules import (
     BatchNormRule,
     ChannelwiseRule,
@@ -29,6 +30,7 @@ __all__ = [
     "ShrinkRule",
     "SpeedupSummary",
     "apply_compression_results",
+    "export_int8_onnx",
     "register_shrink_rule",
     "unregister_shrink_rule",
 ]

@@ -5,9 +5,16 @@ output), its ranges are tracked on a few training batches, then ``export_int8_on
 int8 model. For reference, ONNX Runtime's own static quantization (QDQ, per channel, its own
 MinMax calibration on random data) is timed too. Every session runs in this one process with
 ``--threads`` intra-op threads; rounds are interleaved (the order alternates) so that machine
-noise hits all models alike; the medians of ``--runs`` runs are reported. Target: fp32 / int8 >= 2.5.
+noise hits all models alike; the medians (and minima) of ``--runs`` runs are reported. Target:
+fp32 / int8 >= 2.5. ``--no-spinning`` turns off ONNX Runtime's intra-op spin-waiting for every
+session alike, which steadies the timings on a machine shared with other processes.
 
-    python benchmarks/int8_speed.py [--runs 60] [--size 224] [--threads 2]
+On an AVX2 CPU without VNNI (u8s8 via ``vpmaddubsw``) the int8 convolutions are about 2x the
+fp32 ones, so at 224x224 (compute-bound) fp32 / int8 is about 1.9 for every quantization variant
+(QDQ or QOperator, per channel or per tensor, 7- or 8-bit weights); at small inputs (e.g.
+``--size 64``), where the fp32 model is bound by reading its weights, it is about 2.5-3.
+
+    python benchmarks/int8_speed.py [--runs 60] [--size 224] [--threads 2] [--no-spinning]
 """
 from __future__ import annotations
 
@@ -57,6 +64,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration-batches", type=int, default=4)
+    parser.add_argument("--no-spinning", action="store_true", help="session.intra_op.allow_spinning=0 for every session")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = [1, 3, args.size, args.size]
@@ -73,6 +81,8 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
+        if args.no_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions = {name: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
                     for name, path in paths.items()}
         sizes = {name: Path(path).stat().st_size / 2**20 for name, path in paths.items()}
@@ -86,10 +96,13 @@ def main() -> None:
             if round_index >= 5:  # warm-up rounds are not counted
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"resnet18, input {shape}, {args.threads} intra-op threads, median of {args.runs} interleaved runs")
-    print(f"{'model':<18}{'median ms':>10}{'fp32/this':>11}{'file MiB':>10}")
+    fastest = {name: min(values) for name, values in times.items()}
+    spinning = ", no spinning" if args.no_spinning else ""
+    print(f"resnet18, input {shape}, {args.threads} intra-op threads{spinning}, {args.runs} interleaved runs")
+    print(f"{'model':<18}{'median ms':>10}{'fp32/this':>11}{'min ms':>9}{'fp32/this':>11}{'file MiB':>10}")
     for name in sessions:
-        print(f"{name:<18}{median[name] * 1e3:>10.1f}{median['fp32'] / median[name]:>11.2f}{sizes[name]:>10.1f}")
+        print(f"{name:<18}{median[name] * 1e3:>10.1f}{median['fp32'] / median[name]:>11.2f}"
+              f"{fastest[name] * 1e3:>9.1f}{fastest['fp32'] / fastest[name]:>11.2f}{sizes[name]:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from nncore.artifacts import MaskDict
 from nncore.errors import SpeedupError
 from nncore.speedup.analysis import Analysis, split_inputs
 from nncore.speedup.masks import apply_masks, read_masks
-from nncore.speedup.journal import (Journal, get_attr, has_attr, mask_weights, owner_of, replace_module,
-                                    set_attr, use_graph_forward)
+from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, mask_weights, owner_of,
+                                    replace_module, set_attr, use_graph_forward, zero_filters)
 from nncore.speedup.rewrite import rewrite_graph
-from nncore.speedup.rules import find_rule
+from nncore.speedup.rules import ConvRule, LinearRule, extra_rules, find_rule
 from nncore.speedup.summary import SpeedupSummary
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class ModelSpeedup:
 
     def _speedup(self, journal: Journal) -> nn.Module:
         model = self.model
-        mask_weights(model, self.masks, journal)
+        deferred = {} if self.verify else self._deferrable(model)
+        mask_weights(model, self.masks, journal, frozenset(deferred))
         model.eval()
         args, kwargs = split_inputs(self.dummy_input)
         try:
@@ -142,6 +143,7 @@ class ModelSpeedup:
             if not masked_filters:
                 notes.append(NOTHING_STRUCTURAL)
                 warnings.warn(NOTHING_STRUCTURAL, UserWarning, stacklevel=3)
+            self._finish_masking(analysis, deferred, {}, journal)
             self.summary = SpeedupSummary(kept_by=kept_by, notes=tuple(notes),
                                           opaque_modules=tuple(analysis.opaque))
             logger.info("%s", self.summary)
@@ -152,6 +154,7 @@ class ModelSpeedup:
                 with torch.no_grad():
                     reference = analysis.gm(*args, **kwargs)
             shrunk, replaced, attrs_changed = self._shrink(analysis, journal)
+            self._finish_masking(analysis, deferred, shrunk, journal)
             rewritten = rewrite_graph(analysis.ctx, decision)
             if self.verify:
                 with torch.no_grad():
@@ -186,6 +189,28 @@ class ModelSpeedup:
             total += int(zero_rows.sum())
             kept += int((zero_rows & ~decision.removed_mask(slots)).sum())
         return total, kept
+
+    def _deferrable(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Pure filter masks of plain convolutions and linear layers: masked after slicing."""
+        found = filter_masks(self.masks)
+        rules = extra_rules()
+        for name in list(found):
+            module = model.get_submodule(name)
+            parts = name.split(".")
+            ancestors = [model.get_submodule(".".join(parts[:i])) for i in range(1, len(parts))]
+            plain = type(find_rule(module, rules)) in (ConvRule, LinearRule)
+            if not plain or any(find_rule(a, rules) is not None for a in ancestors):
+                del found[name]
+        return found
+
+    def _finish_masking(self, analysis: Analysis, deferred: dict, shrunk: dict, journal: Journal) -> None:
+        records, decision = analysis.ctx.records, analysis.decision
+        for name, zero_rows in deferred.items():
+            slots = records.get((name, "out"), records.get((name, "channels")))
+            kept = None
+            if name in shrunk and slots is not None:
+                kept = np.nonzero(~decision.removed_mask(slots))[0]
+            zero_filters(analysis.gm.get_submodule(name), zero_rows, kept, journal)
 
     def _shrink(self, analysis: Analysis, journal: Journal) -> tuple[dict, dict, dict]:
         decision, records, gm = analysis.decision, analysis.ctx.records, analysis.gm

@@ -67,8 +67,12 @@ def zero_slabs(value: torch.Tensor, dim: int) -> np.ndarray:
     entries: a 0/1 mask.)"""
     if value.dim() == 0:
         return np.zeros(0, dtype=bool)
-    moved = value.detach().movedim(dim, 0).reshape(value.shape[dim], -1)
-    return (moved.sum(dim=1, dtype=torch.float64) == 0).cpu().numpy()
+    value = value.detach().to(torch.float32)
+    if dim == 0:
+        flat = value.reshape(value.shape[0], -1)
+        return (flat @ flat.new_ones(flat.shape[1]) == 0).cpu().numpy()
+    moved = value.movedim(dim, 0).reshape(value.shape[dim], -1)
+    return (moved.sum(dim=1) == 0).cpu().numpy()
 
 
 def norm_dim(dim: int, ndim: int) -> int:

@@ -33,17 +33,54 @@ class Journal:
 
 
 @torch.no_grad()
-def mask_weights(model: nn.Module, masks: MaskDict, journal: Journal) -> None:
-    """Masked weights as new parameters (the old ones stay untouched for a rollback)."""
+def mask_weights(model: nn.Module, masks: MaskDict, journal: Journal, skip_weights: frozenset = frozenset()) -> None:
+    """Masked weights as new parameters (the old ones stay untouched for a rollback).
+
+    Modules in ``skip_weights`` get only their bias masked (their weight is masked later,
+    after slicing, by :func:`zero_filters`).
+    """
     for name, entry in masks.items():
         module = model.get_submodule(name)
         journal.touch(module)
         for key in ("weight", "bias"):
             mask, param = entry.get(key), getattr(module, key, None)
+            if key == "weight" and name in skip_weights:
+                continue
             if mask is not None and param is not None:
                 value = param.detach() * mask.to(device=param.device, dtype=param.dtype)
                 setattr(module, key, nn.Parameter(value, requires_grad=param.requires_grad)
                         if isinstance(param, nn.Parameter) else value)
+
+
+def filter_masks(masks: MaskDict) -> dict[str, torch.Tensor]:
+    """Module name -> its zero filters, for masks that prune whole filters and nothing else
+    (every row all ones or all zeros). Those weights need no full multiplication."""
+    found = {}
+    for name, entry in masks.items():
+        mask = entry["weight"].detach()
+        if mask.dim() < 2 or not mask.is_floating_point():
+            continue
+        flat = mask.reshape(mask.shape[0], -1)
+        rows = flat @ flat.new_ones(flat.shape[1])
+        if bool(((rows == 0) | (rows == flat.shape[1])).all()):  # 0/1 masks: full rows are all ones
+            found[name] = rows == 0
+    return found
+
+
+@torch.no_grad()
+def zero_filters(module: nn.Module, zero_rows: torch.Tensor, kept_rows, journal: Journal) -> None:
+    """Zero the masked filters still present in ``module.weight`` (rows ``kept_rows`` of the
+    original; ``None`` when the module was not sliced, so its weight is still the user's)."""
+    if kept_rows is None:
+        if bool(zero_rows.any()):
+            journal.touch(module)
+            weight = module.weight
+            value = weight.detach() * (~zero_rows).to(weight.dtype).view(-1, *([1] * (weight.dim() - 1)))
+            module.weight = nn.Parameter(value, requires_grad=weight.requires_grad)
+        return
+    remaining = zero_rows[torch.as_tensor(kept_rows, dtype=torch.long)]
+    if bool(remaining.any()):
+        module.weight.data[remaining] = 0  # a fresh tensor made by slicing, not the user's
 
 
 def owner_of(root: nn.Module, target: str) -> nn.Module:

@@ -68,20 +68,21 @@ class ConvRule(ShrinkRule):
         if not isinstance(x, TInfo) or x.ndim != output.dim():
             return ctx.barrier(node, output)
         name = str(node.target)
-        weight, groups = module.weight.detach(), module.groups
+        groups = module.groups
         cin, cout = module.in_channels, module.out_channels
         masked = ctx.is_masked(name)
         bias_zero = np.ones(cout, bool) if module.bias is None else (
             (module.bias.detach() == 0).numpy() if masked else np.zeros(cout, bool))
-        kept_weights = None  # masks hold 0/1: per (filter, input channel) count of kept weights
-        if masked:  # one pass over the mask, shared by every analysis run
-            kept_weights = ctx.cache.get((name, "kept"))
-            if kept_weights is None:
-                mask = ctx.weight_mask(name).detach()
-                kept_weights = mask.reshape(cout, cin // groups, -1).sum(dim=2, dtype=torch.float64)
-                ctx.cache[(name, "kept")] = kept_weights
-        filter_zero = (kept_weights.sum(dim=1) == 0).numpy() if masked else np.zeros(cout, bool)
-        if masked:
+        filter_zero, column_zero = np.zeros(cout, bool), np.zeros(cin, bool)
+        if masked:  # masks hold 0/1: a row or column sums to 0 when all of it is pruned
+            cached = ctx.cache.get((name, "zeros"))
+            if cached is None:
+                mask = ctx.weight_mask(name).detach().to(torch.float32)  # sums by matrix-vector products
+                filter_zero = (mask.reshape(cout, -1) @ mask.new_ones(mask[0].numel()) == 0).numpy()
+                per_group = mask.new_ones(groups, 1, cout // groups) @ mask.reshape(groups, cout // groups, -1)
+                column_zero = (per_group.reshape(groups, cin // groups, -1).sum(dim=2) == 0).reshape(cin).numpy()
+                cached = ctx.cache[(name, "zeros")] = (filter_zero, column_zero)
+            filter_zero, column_zero = cached
             ctx.filter_zero[name] = filter_zero
         if groups == cin == cout:
             out_slots = x.slots[1]
@@ -89,11 +90,6 @@ class ConvRule(ShrinkRule):
             zero = (filter_zero | x.zero[1]) & bias_zero
         else:
             out_slots = ctx.classes.new(cout)
-            if masked:
-                per_group = kept_weights.reshape(groups, cout // groups, cin // groups)
-                column_zero = (per_group.sum(dim=1) == 0).reshape(cin).numpy()
-            else:
-                column_zero = np.zeros(cin, bool)
             ctx.classes.read(x.slots[1], x.zero[1] | column_zero)
             ctx.record(name, "in", x.slots[1])
             ctx.record(name, "out", out_slots)

@@ -403,3 +403,12 @@ def test_padding_and_conv_subclasses_keep_channels_flowing():
     assert model.c1.out_channels == 5
     assert model.c2.weight.shape == (6, 5, 2, 2)
     assert_same_function(model, reference, (2, 3, 6, 6))
+
+
+def test_verify_measures_the_difference_to_the_masked_model():
+    model = fresh_chain()
+    speedup = ModelSpeedup(model, DUMMY, chain_masks(model), verify=True)
+    speedup.speedup_model()
+    assert model.c1.out_channels == 5
+    assert speedup.summary.max_abs_diff is not None and speedup.summary.max_abs_diff < 1e-5
+    assert "c1: (8, 3, 3, 3) -> (5, 3, 3, 3)" in str(speedup.summary)

@@ -2,9 +2,8 @@
 
     /tmp/peers/bin/python benchmarks/speedup.py [--runs 30] [--repeats 3] [--skip-nni]
 
-For each network: L1-norm filter masks at 50% of the channels, shared within every coupled
-group (residual adds) found by ``nncore.utils.dependency.ChannelDependency``, extended to the
-BatchNorm after each convolution. nncore and NNI speed up those masks; Torch-Pruning builds its
+For each network: masks of nncore's ``L1FilterPruner`` at 50% of every conv's filters with
+``dependency_aware=True`` (coupled convs share one mask; the BatchNorm after each conv follows). nncore and NNI speed up those masks; Torch-Pruning builds its
 dependency graph and prunes 50% of the channels with its own L1 criterion on the same network.
 Latency: batch 1, 2 threads, median of ``--runs`` runs. Speedup time: seconds of the speedup
 call (Torch-Pruning: MetaPruner construction, i.e. its DependencyGraph build, + ``step()``),
@@ -21,14 +20,13 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nncore.builtin_pruners import L1FilterPruner  # noqa: E402
 from nncore.speedup import ModelSpeedup  # noqa: E402
 from nncore.speedup.masks import apply_masks  # noqa: E402
-from nncore.utils.dependency import ChannelDependency  # noqa: E402
 from nncore.zoo import mobilenet_v2, resnet18, resnet50  # noqa: E402
 
 try:
@@ -38,27 +36,12 @@ except ImportError:  # pragma: no cover - counter not there yet
 
 
 def l1_filter_masks(model: nn.Module, dummy: torch.Tensor, ratio: float) -> dict:
-    """Dependency-aware L1 filter masks (the classifier is left alone)."""
-    modules = dict(model.named_modules())
-    graph = fx.symbolic_trace(model).graph
-    bn_after = {str(n.args[0].target): str(n.target) for n in graph.nodes
-                if n.op == "call_module" and isinstance(modules[n.target], nn.BatchNorm2d)
-                and isinstance(n.args[0], fx.Node) and n.args[0].op == "call_module"}
-    masks = {}
-    for group in ChannelDependency(model, dummy).dependency_sets:
-        if any(isinstance(modules[name], nn.Linear) for name in group):
-            continue
-        norms = sum(modules[name].weight.detach().abs().flatten(1).sum(1) for name in group)
-        pruned = norms.argsort()[: int(len(norms) * ratio)]
-        for name in group:
-            weight = torch.ones_like(modules[name].weight)
-            weight[pruned] = 0
-            masks[name] = {"weight": weight, "bias": None}
-            if name in bn_after:
-                keep = torch.ones(modules[bn_after[name]].num_features)
-                keep[pruned] = 0
-                masks[bn_after[name]] = {"weight": keep, "bias": keep.clone()}
-    return masks
+    """Masks of nncore's L1FilterPruner, dependency-aware (BatchNorm followers included)."""
+    pruned = copy.deepcopy(model)
+    pruner = L1FilterPruner(pruned, [{"sparsity": ratio, "op_types": ["Conv2d"]}], dependency_aware=True,
+                            dummy_input=dummy)
+    pruner.compress()
+    return pruner.masks()
 
 
 def latencies_ms(models: list[nn.Module], x: torch.Tensor, runs: int) -> list[float]:

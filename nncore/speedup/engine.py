@@ -275,6 +275,12 @@ def apply_compression_results(model: nn.Module, mask_path: str | os.PathLike | M
     """
     if dummy_input is not None:
         return ModelSpeedup(model, dummy_input, mask_path).speedup_model()
+    warnings.warn(
+        "apply_compression_results: no dummy_input, so the masks were only multiplied into the weights; "
+        "pass dummy_input=<an example input> to remove the pruned channels (smaller, faster model)",
+        UserWarning,
+        stacklevel=2,
+    )
     masks = read_masks(model, mask_path)
     apply_masks(model, masks)
     return model

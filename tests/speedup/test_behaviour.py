@@ -178,7 +178,8 @@ def test_masks_that_do_not_fit_the_model_are_rejected():
 def test_apply_compression_results_without_input_applies_masks():
     model = fresh_chain()
     masks = chain_masks(model)
-    apply_compression_results(model, masks)
+    with pytest.warns(UserWarning, match="pass dummy_input=<an example input> to remove the pruned channels"):
+        apply_compression_results(model, masks)
     assert model.c1.weight.shape == (8, 3, 3, 3)
     assert model.c1.weight[[0, 2, 5]].abs().sum() == 0
 

@@ -339,8 +339,8 @@ def quantize_int8(model: nn.Module, data: JobData, args: argparse.Namespace, out
     """QAT fine-tuning, then an int8 ONNX model measured with onnxruntime; ``None`` when unavailable."""
     try:
         from nncore.registry import get_compressor
+        from nncore.speedup import export_int8_onnx
 
-        export_int8_onnx = int8_exporter()
         quantizer_class = get_compressor(args.quantize)
     except (ImportError, NncoreError) as exc:
         notes.append(f"--quantize {args.quantize}: unavailable here ({type(exc).__name__}: {exc}); skipped")
@@ -365,15 +365,6 @@ def quantize_int8(model: nn.Module, data: JobData, args: argparse.Namespace, out
         notes.append(f"--quantize {args.quantize}: failed ({type(exc).__name__}: {exc}); skipped")
         return None
     return measure_onnx(onnx_path, data)
-
-
-def int8_exporter() -> Callable[..., Any]:
-    """``nncore.speedup.export_int8_onnx`` (or, until it is exported there, ``nncore.speedup.int8``'s)."""
-    try:
-        from nncore.speedup import export_int8_onnx
-    except ImportError:
-        from nncore.speedup.int8 import export_int8_onnx
-    return export_int8_onnx
 
 
 def measure_onnx(path: Path, data: JobData) -> dict[str, Any]:

@@ -131,3 +131,23 @@ def test_estimate_without_speedup_counts_live_channels() -> None:
     pruner.unwrap_model()
     # conv 2*1*9*64, conv 4*2*9*64, linear 4*3; params: 2*9, 4*2*9, 4*3 weights + 2+2 (BN) + 2+4+3 biases
     assert effective_flops_params(model, example) == (1152 + 4608 + 12, 18 + 72 + 12 + 4 + 9)
+
+
+def test_quantize_qat_goes_on_to_an_int8_onnx_model(tmp_path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "out"
+    assert main(["compress", "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "256", "--quantize", "qat",
+                 "--output", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["notes"] == []
+    assert set(report["int8"]) == {"accuracy", "latency_ms", "size_bytes"}
+    assert 0.0 <= report["int8"]["accuracy"] <= 1.0
+    assert "model_int8.onnx" in report["artifacts"] and "calibration.pt" in report["artifacts"]
+    graph = onnx.load(str(out / "model_int8.onnx")).graph
+    operators = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators
+    calibration = torch.load(out / "calibration.pt", weights_only=True)
+    assert {"conv1", "conv2", "conv3", "fc"} <= set(calibration)
+    assert calibration["conv1"]["weight_bits"] == 8
+    assert report["int8"]["size_bytes"] < report["compressed"]["size_bytes"]

@@ -20,7 +20,8 @@ import torch
 
 from nncore.auto import BudgetSearch, config_list_from, search_sparsities
 from nncore.data import JobData, accuracy, digits_tensors, tensor_loaders, train_epochs
-from nncore.main_job import compressed_cost, make_pruner, text_table, trained_baseline
+from nncore.cli import text_table
+from nncore.main_job import compressed_cost, make_pruner, trained_baseline
 from nncore.utils import count_flops_params
 from nncore.zoo import DigitsCNN
 

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from nncore.cli import CommandLineError, build_model
+from nncore.cli import CommandLineError, build_model, text_table
 from nncore.data import accuracy, load_job_data, train_epochs
 from nncore.errors import ConfigError, NncoreError
 from nncore.main_job import (
     add_common_arguments, job_settings,
-    check_budget_arguments, check_forward, compressed_cost, dummy_input, pruner_class, make_pruner, say, text_table,
+    check_budget_arguments, check_forward, compressed_cost, dummy_input, pruner_class, make_pruner, say,
     trained_baseline, write_text,
 )
 

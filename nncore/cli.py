@@ -82,7 +82,8 @@ def read_config_list(path: str) -> Any:
         raise CommandLineError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
 
 
-def _table(rows: list[Sequence[str]], header: Sequence[str]) -> str:
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, with a rule under the header."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -93,7 +94,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from nncore.registry import default_registry, list_compressors
 
     rows = [(i.name, i.kind, f"{i.cls.__module__}.{i.cls.__qualname__}", i.distribution) for i in list_compressors()]
-    print(_table(rows, ("name", "kind", "class", "distribution")))
+    print(text_table(("name", "kind", "class", "distribution"), rows))
     for label, reason in default_registry().failed.items():
         print(f"not loaded: {label}: {reason}", file=sys.stderr)
     return 0
@@ -114,7 +115,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     model = build_model(args.model)
     layers = compressor_class.check_config(model, config_list)
     rows = [(c.name, c.op_type, str(c.index), json.dumps(dict(c.options))) for c in layers]
-    print(_table(rows, ("layer", "type", "entry", "options")))
+    print(text_table(("layer", "type", "entry", "options"), rows))
     print(f"valid: {len(layers)} layer(s) selected for {args.algo!r}")
     return 0
 

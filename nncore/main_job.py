@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from nncore.artifacts import atomic_write, load_torch, save_torch
-from nncore.cli import CommandLineError, build_model, read_config_list
+from nncore.cli import CommandLineError, build_model, read_config_list, text_table
 from nncore.data import JobData, accuracy, load_job_data, train_epochs
 from nncore.errors import NncoreError
 
@@ -423,14 +423,6 @@ def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     cells = [_cells(metrics, report["baseline"]) for _, metrics in columns]
     rows = [[label, *(c.get(key, "-") for c in cells)] for key, label in row_labels(report["threads"])]
     return ["", *(name for name, _ in columns)], rows
-
-
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, with a rule under the header."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def markdown_report(report: dict[str, Any]) -> str:

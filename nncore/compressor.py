@@ -10,12 +10,10 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-import weakref
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import pluggy
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 import torch.nn as nn
 
 from nncore.artifacts import MaskDict, atomic_write, save_torch
@@ -23,7 +21,7 @@ from nncore.config import LayerConfig, build_schema, resolve_config_list, schema
 from nncore.config.schema import message_order, to_json_like
 from nncore.errors import ConfigError, NncoreError, PluginError
 from nncore.hookspecs import PROJECT_NAME, lifecycle, pruning, quantization
-from nncore.wrapper import ModuleWrapper
+from nncore.wrapper import ModuleWrapper, release_masks
 
 INSTANCE_HOOKSPECS = (pruning, quantization, lifecycle)
 PUBLIC_BROADCASTS = ("update_epoch", "step")
@@ -196,6 +194,8 @@ class Compressor:
         """Put the original module objects back (their weights keep what training made of them)."""
         for name, wrapper in self.all_wrappers().items():
             set_submodule(self.bound_model, name, wrapper.module)
+            if isinstance(wrapper, ModuleWrapper):
+                release_masks(wrapper)
         self.wrappers, self.followers = {}, {}
         return self.bound_model
 
@@ -227,24 +227,6 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-# Masked weights must stay zero whatever the optimizer does (momentum, Adam, weight decay):
-# one global post-step hook re-applies the masks of every live, compressed pruner.
-_LIVE_PRUNERS: "weakref.WeakSet[Pruner]" = weakref.WeakSet()
-_step_hook_handle: Any = None
-
-
-def _reapply_masks_after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
-    for pruner in list(_LIVE_PRUNERS):
-        pruner.apply_masks()
-
-
-def _keep_masks_through_optimizer_steps(pruner: Pruner) -> None:
-    global _step_hook_handle
-    if _step_hook_handle is None:
-        _step_hook_handle = register_optimizer_step_post_hook(_reapply_masks_after_step)
-    _LIVE_PRUNERS.add(pruner)
-
-
 class Pruner(Compressor):
     """Base of pruning algorithms: masks computed by the ``calc_mask`` hook, kept in wrappers."""
 
@@ -258,7 +240,6 @@ class Pruner(Compressor):
         self._wrap_model()
         self.after_wrap()
         self.update_masks()
-        _keep_masks_through_optimizer_steps(self)
         return self.bound_model
 
     def after_wrap(self) -> None:
@@ -280,10 +261,6 @@ class Pruner(Compressor):
         """Zero every masked weight in place (done for you after each optimizer step)."""
         for wrapper in self.all_wrappers().values():
             wrapper.apply_masks()
-
-    def unwrap_model(self) -> nn.Module:
-        _LIVE_PRUNERS.discard(self)
-        return super().unwrap_model()
 
     def masks(self) -> MaskDict:
         """``{module name: {'weight': mask, 'bias': mask or None}}`` on the CPU."""

@@ -1,10 +1,12 @@
 """ModuleWrapper: the real ``nn.Module`` that stands in for a compressed layer."""
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nncore.config import LayerConfig
 from nncore.errors import PluginError
@@ -14,8 +16,9 @@ class ModuleWrapper(nn.Module):
     """Holds the original module and its pruning masks as buffers.
 
     Masked weights are zeroed in place when masks are set and again after every optimizer
-    step (see :class:`nncore.compressor.Pruner`), so the wrapped module runs its own,
-    unchanged ``forward``: wrapping costs one Python call per layer.
+    step (any optimizer, through one global post-step hook that knows every wrapper with
+    masks, for as long as the wrapper exists), so the wrapped module runs its own, unchanged
+    ``forward``: wrapping costs one Python call per layer.
 
     :ivar module: the original module object (restored as-is by ``unwrap_model``).
     :ivar name: the module's name in the model.
@@ -37,6 +40,10 @@ class ModuleWrapper(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        keep_masks_through_optimizer_steps(self)  # a deep copy or unpickled model keeps its masks too
+
     def set_masks(self, weight_mask: torch.Tensor, bias_mask: torch.Tensor | None = None) -> None:
         """Replace the masks (values are copied) and zero the masked weights."""
         self._copy_mask("weight_mask", weight_mask)
@@ -45,6 +52,7 @@ class ModuleWrapper(nn.Module):
                 raise PluginError(f"a bias mask was given for {self.name!r}, which has no bias")
             self._copy_mask("bias_mask", bias_mask)
         self.apply_masks()
+        keep_masks_through_optimizer_steps(self)
 
     def _copy_mask(self, attribute: str, mask: torch.Tensor) -> None:
         current = getattr(self, attribute)
@@ -62,3 +70,28 @@ class ModuleWrapper(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+# Masked weights must stay zero whatever the optimizer does (momentum, Adam, weight decay):
+# one global post-step hook re-applies the masks of every wrapper that has masks. Wrappers,
+# not compressors, are tracked: a model keeps its masks even when the pruner object is dropped.
+_MASKED_WRAPPERS: "weakref.WeakSet[ModuleWrapper]" = weakref.WeakSet()
+_step_hook_handle: Any = None
+
+
+def _reapply_masks_after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    for wrapper in list(_MASKED_WRAPPERS):
+        wrapper.apply_masks()
+
+
+def keep_masks_through_optimizer_steps(wrapper: ModuleWrapper) -> None:
+    """Re-apply ``wrapper``'s masks after every optimizer step, for as long as it exists."""
+    global _step_hook_handle
+    if _step_hook_handle is None:
+        _step_hook_handle = register_optimizer_step_post_hook(_reapply_masks_after_step)
+    _MASKED_WRAPPERS.add(wrapper)
+
+
+def release_masks(wrapper: ModuleWrapper) -> None:
+    """Stop re-applying ``wrapper``'s masks (the module was unwrapped)."""
+    _MASKED_WRAPPERS.discard(wrapper)

@@ -119,3 +119,24 @@ def test_layers_inside_sequentials_are_wrapped_and_named():
     pruner.compress()
     assert list(pruner.wrappers) == ["0", "2.0"]
     assert isinstance(model[2][0], ModuleWrapper) and model[2][0].name == "2.0"
+
+
+def test_masks_stay_in_effect_when_the_pruner_object_is_dropped(tiny_cnn):
+    import gc
+
+    model = LevelPruner(tiny_cnn, CONFIG).compress()  # the pruner is not kept anywhere
+    gc.collect()
+    masks = {name: module.weight_mask.clone() for name, module in model.named_modules() if isinstance(module, ModuleWrapper)}
+    train_steps(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3), steps=3)
+    for name, mask in masks.items():
+        assert (model.get_submodule(name).module.weight[mask == 0] == 0).all()
+
+
+def test_a_deep_copy_of_a_compressed_model_keeps_its_masks_through_optimizer_steps(tiny_cnn):
+    pruner = LevelPruner(tiny_cnn, CONFIG)
+    pruner.compress()
+    clone = copy.deepcopy(tiny_cnn)
+    train_steps(clone, torch.optim.Adam(clone.parameters(), lr=0.05), steps=3)
+    for name in pruner.wrappers:
+        wrapper = clone.get_submodule(name)
+        assert (wrapper.module.weight[wrapper.weight_mask == 0] == 0).all()

@@ -30,6 +30,8 @@ from nncore.artifacts import atomic_write, load_torch, save_torch
 from nncore.cli import CommandLineError, build_model, read_config_list, text_table
 from nncore.data import JobData, accuracy, load_job_data, train_epochs
 from nncore.errors import NncoreError
+from nncore.speedup import ModelSpeedup
+from nncore.speedup.masks import apply_masks
 
 DEFAULT_ALGO = "l1"
 DEFAULT_SPARSITY = 0.5
@@ -211,30 +213,15 @@ def effective_flops_params(model: nn.Module, example_input: torch.Tensor) -> tup
     return int(flops), int(params)
 
 
-def apply_mask_dict(model: nn.Module, masks: dict[str, dict[str, Any]]) -> None:
-    """Zero the masked weights (and biases) of ``model`` in place, by module name."""
-    with torch.no_grad():
-        for name, entry in masks.items():
-            module = model.get_submodule(name)
-            module.weight.mul_(entry["weight"].to(module.weight.dtype))
-            if entry.get("bias") is not None and getattr(module, "bias", None) is not None:
-                module.bias.mul_(entry["bias"].to(module.bias.dtype))
-
-
 def compressed_cost(model: nn.Module, masks: dict[str, dict[str, Any]], example_input: torch.Tensor) -> tuple[int, int, bool]:
     """``(flops, params, exact)`` of ``model`` with ``masks`` once the pruned channels are removed.
 
-    Exact (``True``) through :class:`nncore.speedup.ModelSpeedup` on a copy; when speedup is not
-    available or fails, the :func:`effective_flops_params` estimate (``False``). ``model`` is not touched.
+    Exact (``True``) through :class:`nncore.speedup.ModelSpeedup` on a copy; when speedup fails, the :func:`effective_flops_params` estimate (``False``). ``model`` is not touched.
     """
     from nncore.utils import count_flops_params
 
     work = copy.deepcopy(model)
-    apply_mask_dict(work, masks)
-    try:
-        from nncore.speedup import ModelSpeedup
-    except ImportError:
-        return (*effective_flops_params(work, example_input), False)
+    apply_masks(work, masks)
     shrunk = copy.deepcopy(work)
     try:
         with warnings.catch_warnings():
@@ -316,12 +303,7 @@ def prune_and_finetune(model: nn.Module, data: JobData, args: argparse.Namespace
 
 
 def speed_up(masked: nn.Module, masks: dict, data: JobData, notes: list[str], verbose: bool) -> tuple[nn.Module, bool]:
-    """A really smaller copy of ``masked`` (``True``), or the masked model itself when speedup is unavailable."""
-    try:
-        from nncore.speedup import ModelSpeedup
-    except ImportError as exc:
-        notes.append(f"speedup unavailable ({exc}); the compressed figures are estimates from the masks")
-        return masked, False
+    """A really smaller copy of ``masked`` (``True``), or the masked model itself when speedup fails."""
     compressed = copy.deepcopy(masked)
     say(verbose, "speedup: shrinking the masked model")
     with warnings.catch_warnings():

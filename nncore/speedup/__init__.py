@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from nncore.speedup.engine import ModelSpeedup, apply_compression_results
 from nncore.speedup.int8 import export_int8_onnx
-from nncore.speedup.rules import (
-    BatchNormRule,
-    ChannelwiseRule,
-    ConvRule,
-    LinearRule,
-    ShrinkRule,
-    register_shrink_rule,
-    unregister_shrink_rule,
-)
+from nncore.speedup.rules import BatchNormRule, ChannelwiseRule, ConvRule, LinearRule, ShrinkRule
+from nncore.speedup.ruletable import register_shrink_rule, unregister_shrink_rule
 from nncore.speedup.summary import SpeedupSummary
 
 __all__ = [

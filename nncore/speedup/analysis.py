@@ -7,10 +7,12 @@ import attrs
 import numpy as np
 from torch import nn
 
-from nncore.speedup.graph import record_values, trace
+from nncore.speedup.attention import find_cores, preferred_splits
+from nncore.speedup.capture import capture
+from nncore.speedup.context import Context
 from nncore.speedup.groups import Decision, decide
-from nncore.speedup.propagate import Context, propagate
-from nncore.speedup.rules import builtin_leaf_types, extra_rules
+from nncore.speedup.propagate import propagate
+from nncore.speedup.ruletable import builtin_leaf_types, extra_rules, find_rule
 
 MAX_SPLIT_TRIALS = 64
 
@@ -25,25 +27,31 @@ def split_inputs(dummy_input: Any) -> tuple[tuple, dict]:
 
 
 class Analysis:
-    """Trace once, record one forward pass, propagate channel classes, decide what goes.
+    """Capture once, propagate channel classes, decide what goes.
 
-    :ivar gm: the traced ``torch.fx.GraphModule`` (shares submodules with the traced model)
+    :ivar capture: the captured graph(s) of the model (:class:`~nncore.speedup.capture.Capture`)
     :ivar ctx: the analysis context of the chosen split layout
     :ivar decision: removed classes and the reasons others were kept
-    :ivar opaque: submodules that could not be traced and are kept as barriers
     """
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: dict | None = None) -> None:
         self.rules = extra_rules()
-        self.gm, self.opaque = trace(model, tuple(self.rules) + builtin_leaf_types())
         args, kwargs = split_inputs(dummy_input)
-        self.values = record_values(self.gm, args, kwargs)
+        self.capture = capture(model, args, kwargs, lambda module: find_rule(module, self.rules) is not None,
+                               tuple(self.rules) + builtin_leaf_types())
         self.masks = dict(masks or {})
-        self.cache: dict = {}
+        self.cores = find_cores(self.capture)
+        self.cache: dict = {"preferred": preferred_splits(self.capture, self.cores)}
         self.ctx, self.decision = self._best_layout()
 
+    @property
+    def requested(self) -> bool:
+        """Whether a norm's mask asks to remove hidden channels (the result is then the smaller
+        architecture, not the masked model's function)."""
+        return any(flag for _, flag, _ in self.ctx.classes.requests)
+
     def _run(self, choices: dict) -> tuple[Context, Decision]:
-        ctx = propagate(self.gm, self.values, self.masks, choices, self.rules, self.cache)
+        ctx = propagate(self.capture, self.masks, choices, self.rules, self.cache)
         return ctx, _keep_one_channel(ctx, decide(ctx.classes))
 
     @staticmethod
@@ -54,10 +62,11 @@ class Analysis:
         """Greedy choice of the carrier dimension at every channel split (heads vs. groups)."""
         choices: dict = {}
         ctx, decision = self._run(choices)
-        if not self.masks or not ctx.splits or len(ctx.splits) > MAX_SPLIT_TRIALS:
+        open_splits = {key: count for key, count in ctx.splits.items() if key[0] not in ctx.preferred}
+        if not self.masks or not open_splits or len(open_splits) > MAX_SPLIT_TRIALS:
             return ctx, decision
         best = self._score(decision)
-        for key, count in sorted(ctx.splits.items()):
+        for key, count in open_splits.items():
             for alternative in range(count):
                 trial = {**choices, key: alternative}
                 trial_ctx, trial_decision = self._run(trial)
@@ -75,7 +84,7 @@ class Analysis:
             if owner.startswith("attr:"):
                 continue
             if axis == key or (key == "out" and axis == "channels"
-                               and isinstance(self.gm.get_submodule(owner), nn.modules.conv._ConvNd)):
+                               and isinstance(self.capture.get_submodule(owner), nn.modules.conv._ConvNd)):
                 found[owner] = roots[slots]
         return found
 

@@ -1,23 +1,17 @@
 """Handlers for functions, tensor methods and Python operators in the traced graph."""
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
 
-from nncore.speedup import shapes
+from nncore.speedup import attention, shapes
+from nncore.speedup.graph import op_name
 from nncore.speedup.info import TInfo, no_zero, norm_dim, pinned_vector
-from nncore.speedup.propagate import Context, unknown_info
+from nncore.speedup.context import Context, unknown_info
 
-_OPERATORS = {
-    operator.add: "add", operator.iadd: "add", operator.sub: "sub", operator.isub: "sub",
-    operator.mul: "mul", operator.imul: "mul", operator.truediv: "div", operator.itruediv: "div",
-    operator.floordiv: "div", operator.matmul: "matmul", operator.neg: "neg",
-    operator.getitem: "getitem", getattr: "getattr",
-}
 KEEP_ZERO = {
     "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "gelu", "silu",
     "silu_", "hardswish", "hardswish_", "mish", "elu", "elu_", "selu", "celu", "tanh", "tanh_", "neg",
@@ -43,15 +37,6 @@ VIEWS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "vie
 REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod",
               "nansum", "nanmean"}
 SHAPE_ATTRS = {"size", "dim", "numel", "ndimension", "nelement", "getattr", "is_contiguous", "__len__"}
-
-
-def op_name(node: fx.Node) -> str:
-    """A normalised name for the function or method a node calls."""
-    if node.op == "call_method":
-        return str(node.target)
-    if node.target in _OPERATORS:
-        return _OPERATORS[node.target]
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _arg(args, kwargs, index: int, name: str, default: Any = None) -> Any:
@@ -190,13 +175,21 @@ def _reduction(ctx: Context, node: fx.Node, name: str, info: TInfo, args, kwargs
     dims = _arg(args, kwargs, 1, "dim")
     if dims is None and name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
         return elementwise(ctx, [info, ctx.info(node.args[1])], value, "and")
+    summing = name in ("sum", "nansum")  # a zero channel adds nothing: it may go
     if dims is None:
-        ctx.pin_all(info, f"{ctx.op_label(node)} (reduces the whole tensor)")
+        if summing:
+            for slots, zero in zip(info.slots, info.zero):
+                ctx.classes.read(slots, zero)
+        else:
+            ctx.pin_all(info, f"{ctx.op_label(node)} (reduces the whole tensor)")
         return unknown_info(value)
     dims = [norm_dim(int(d), info.ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
     keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
     for d in dims:
-        ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (reduces over channels)")
+        if summing:
+            ctx.classes.read(info.slots[d], info.zero[d])
+        else:
+            ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (reduces over channels)")
     slots, zeros = [], []
     for d in range(info.ndim):
         if d in dims:

@@ -1,9 +1,9 @@
-"""Per-module-type shrinking rules and the registry users and plugins extend.
+"""Per-module-type shrinking rules for torch's own layers.
 
 A rule does two things: during analysis it tells how channels flow through the module
 (:meth:`ShrinkRule.propagate`), and afterwards it slices the module in place given the indices
-that stay (:meth:`ShrinkRule.shrink`). Register a rule for your own module type with
-:func:`register_shrink_rule`; a plugin ships rules through the ``register_shrink_rules`` hook.
+that stay (:meth:`ShrinkRule.shrink`). Which rule serves which module type is decided in
+:mod:`nncore.speedup.ruletable`.
 """
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from nncore.errors import ConfigError
-from nncore.speedup import functions
+from nncore.speedup import functions, shapes
 from nncore.speedup.groups import GroupConstraint
 from nncore.speedup.info import TInfo, no_zero, pinned_vector, zero_slabs
-from nncore.speedup.propagate import Context
+from nncore.speedup.context import Context
 
 Kept = Callable[[str], "np.ndarray | None"]
 
@@ -228,8 +227,6 @@ class FunctionRule(ShrinkRule):
             out = functions.channelwise(x, output[0] if isinstance(output, tuple) else output)
             return (out, out.without_zero()) if isinstance(output, tuple) else out
         if self.name == "reshape":
-            from nncore.speedup import shapes
-
             return shapes.reshape(ctx, node, x, output.shape)
         if self.name == "pin":
             dims = getattr(module, self.dim_attr) if self.dim_attr else 1
@@ -238,100 +235,3 @@ class FunctionRule(ShrinkRule):
                 ctx.classes.pin(x.slots[d], f"{ctx.op_label(node)} (mixes channels)")
             return x.without_zero()
         return ctx.barrier(node, output)
-
-
-_KEEP = ["ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Hardswish", "Mish", "ELU", "SELU", "CELU",
-         "Tanh", "Hardtanh", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity",
-         "Softshrink", "Hardshrink", "Tanhshrink"]
-_NO_ZERO = ["Sigmoid", "Hardsigmoid", "Softplus", "LogSigmoid"]
-_POOL = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
-         "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
-         "AdaptiveMaxPool3d", "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "LPPool2d"]
-
-_BUILTIN: dict[type, ShrinkRule] = {
-    nn.Conv1d: ConvRule(), nn.Conv2d: ConvRule(), nn.Conv3d: ConvRule(), nn.Linear: LinearRule(),
-    nn.BatchNorm1d: BatchNormRule(), nn.BatchNorm2d: BatchNormRule(), nn.BatchNorm3d: BatchNormRule(),
-    nn.SyncBatchNorm: BatchNormRule(), nn.Flatten: FunctionRule("reshape"), nn.Unflatten: FunctionRule("reshape"),
-    nn.LayerNorm: FunctionRule("pin", "normalized_shape"), nn.GroupNorm: FunctionRule("pin"),
-    nn.Softmax: FunctionRule("pin", "dim"), nn.LogSoftmax: FunctionRule("pin", "dim"),
-    nn.PReLU: ChannelwiseRule(dim=1, params=("weight",), keeps_zero=True),
-}
-for _name in _KEEP:
-    _BUILTIN[getattr(nn, _name)] = FunctionRule("relu")
-for _name in _NO_ZERO:
-    _BUILTIN[getattr(nn, _name)] = FunctionRule("sigmoid")
-for _name in _POOL:
-    _BUILTIN[getattr(nn, _name)] = FunctionRule("max_pool2d")
-
-_USER: dict[type, ShrinkRule] = {}
-
-
-def register_shrink_rule(module_type: type, rule: ShrinkRule) -> None:
-    """Use ``rule`` to analyse and slice every module of ``module_type`` (and its subclasses).
-
-    Registered rules take precedence over plugin rules and the built-in ones. Modules of this
-    type are traced as single units (their ``forward`` is not looked into).
-
-    :raises ConfigError: ``module_type`` is not an ``nn.Module`` subclass or ``rule`` not a ShrinkRule.
-    """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise ConfigError(f"register_shrink_rule: module_type must be an nn.Module subclass, got {module_type!r}",
-                          header="invalid shrink rule")
-    if not isinstance(rule, ShrinkRule):
-        raise ConfigError(f"register_shrink_rule: rule for {module_type.__name__} must be a ShrinkRule "
-                          f"instance, got {type(rule).__name__}", header="invalid shrink rule")
-    _USER[module_type] = rule
-
-
-def unregister_shrink_rule(module_type: type) -> None:
-    """Forget the rule registered for ``module_type`` (no error if there is none)."""
-    _USER.pop(module_type, None)
-
-
-def plugin_rules() -> dict[type, ShrinkRule]:
-    """Rules shipped by plugins through the ``register_shrink_rules`` hook."""
-    try:
-        from nncore.registry import plugin_manager
-    except ImportError:  # registry not available: no plugin rules
-        return {}
-    hook = getattr(plugin_manager().hook, "register_shrink_rules", None)
-    if hook is None:
-        return {}
-    rules: dict[type, ShrinkRule] = {}
-    for answer in hook():
-        for module_type, rule in answer or []:
-            if isinstance(module_type, type) and isinstance(rule, ShrinkRule):
-                rules[module_type] = rule
-    return rules
-
-
-def builtin_leaf_types() -> tuple[type, ...]:
-    """Module types with a built-in rule: subclasses (``Conv2dSame``-style) are traced as units."""
-    return tuple(_BUILTIN) + (nn.MultiheadAttention,)
-
-
-def extra_rules() -> dict[type, ShrinkRule]:
-    """User rules over plugin rules: the types traced as units."""
-    return {**plugin_rules(), **_USER}
-
-
-def find_rule(module: nn.Module, extra: dict[type, ShrinkRule]) -> ShrinkRule | None:
-    for table in (extra, _BUILTIN):
-        for klass in type(module).__mro__:
-            if klass in table:
-                return table[klass]
-    if isinstance(module, nn.MultiheadAttention):
-        from nncore.speedup.mha import MultiheadAttentionRule
-
-        return MultiheadAttentionRule()
-    return None
-
-
-def call_module(ctx: Context, node: fx.Node, value: Any) -> Any:
-    """The info of a call_module node, through the module's rule (a barrier when it has none)."""
-    module = ctx.gm.get_submodule(str(node.target))
-    rule = find_rule(module, ctx.extra_rules)
-    if rule is None:
-        return ctx.barrier(node, value)
-    inputs = [ctx.info(a) for a in node.args]
-    return rule.propagate(ctx, node, module, inputs, value)

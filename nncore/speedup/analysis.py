@@ -7,9 +7,11 @@ import attrs
 import numpy as np
 from torch import nn
 
-from nncore.speedup.attention import find_cores, preferred_splits
+from nncore.speedup.attention import (AttentionGroup, find_cores, output_projection, preferred_splits, projection,
+                                      split_view)
 from nncore.speedup.capture import capture
 from nncore.speedup.context import Context
+from nncore.speedup.graph import module_path
 from nncore.speedup.groups import Decision, decide
 from nncore.speedup.propagate import propagate
 from nncore.speedup.ruletable import builtin_leaf_types, extra_rules, find_rule
@@ -134,3 +136,40 @@ def coupled_sets(analysis: Analysis) -> list[set[str]]:
     for name in layers:
         sets.setdefault(find(name), set()).add(name)
     return list(sets.values())
+
+
+def find_attention_groups(model: nn.Module, dummy_input: Any) -> list[AttentionGroup]:
+    """The multi-head attentions of ``model``, found from one captured forward on ``dummy_input``.
+
+    Finds ``scaled_dot_product_attention`` calls and the eager ``softmax(q @ k^T) @ v`` pattern,
+    then walks back from query, key and value to the projections that produce them (a fused
+    ``[q | k | v]`` projection counts once) and forward to the output projection. Attentions whose
+    projections are not single modules (``nn.MultiheadAttention`` keeps its own) are left out.
+    """
+    rules = extra_rules()
+    args, kwargs = split_inputs(dummy_input)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        captured = capture(model, args, kwargs, lambda module: find_rule(module, rules) is not None,
+                           tuple(rules) + builtin_leaf_types())
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    groups = []
+    for core in find_cores(captured):
+        names = []
+        for node in (core.q, core.k, core.v):
+            view = split_view(node, captured.values)
+            names.append(projection(view)[0] if view is not None else None)
+        out = output_projection(core.node)
+        if None in names or out is None:
+            continue
+        values = captured.values
+        q_heads, head_dim = int(values[core.q].shape[-3]), int(values[core.q].shape[-1])
+        k_view = split_view(core.k, values)
+        kv_heads = int(values[k_view].shape[-2])
+        groups.append(AttentionGroup(name=module_path(core.node), q=names[0], k=names[1], v=names[2], o=out,
+                                     num_heads=q_heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                                     fused=len(set(names)) == 1))
+    return groups

@@ -70,7 +70,7 @@ def _tensor_arg(node: fx.Node, index: int = 0, name: str | None = None) -> fx.No
     value = node.kwargs.get(name) if name and name in node.kwargs else (
         node.args[index] if len(node.args) > index else None)
     if isinstance(value, (list, tuple)) and value:
-        value = value[0]
+        value = value[-1]  # cat([cached, new]): the new part
     return value if isinstance(value, fx.Node) else None
 
 
@@ -141,7 +141,7 @@ def preferred_splits(capture, cores: list[Core]) -> dict[fx.Node, int]:
     return preferred
 
 
-def _projection(view: fx.Node | None) -> tuple[str | None, bool]:
+def projection(view: fx.Node | None) -> tuple[str | None, bool]:
     """The module whose output a split view reads, and whether that output is fused q|k|v."""
     node, fused = (_tensor_arg(view) if view is not None else None), False
     for _ in range(8):
@@ -158,7 +158,7 @@ def _projection(view: fx.Node | None) -> tuple[str | None, bool]:
     return None, fused
 
 
-def _output_projection(node: fx.Node) -> str | None:
+def output_projection(node: fx.Node) -> str | None:
     """The first module that reads the attention output (through transposes and reshapes)."""
     for _ in range(8):
         users = list(node.users)

@@ -87,17 +87,17 @@ class Context:
             return slice(self.value(arg.start), self.value(arg.stop), self.value(arg.step))
         return arg
 
-    def pin_all(self, infos: Any, reason: str) -> None:
-        """Keep every channel of these tensors (recursing into containers)."""
+    def pin_all(self, infos: Any, reason: str, soft: bool = False) -> None:
+        """Keep every channel of these tensors (recursing into containers); see ``ChannelClasses.pin``."""
         if isinstance(infos, TInfo):
             for slots, zero in zip(infos.slots, infos.zero):
-                self.classes.pin(slots, reason, zero)
+                self.classes.pin(slots, reason, zero, soft)
         elif isinstance(infos, (list, tuple)):
             for item in infos:
-                self.pin_all(item, reason)
+                self.pin_all(item, reason, soft)
         elif isinstance(infos, dict):
             for item in infos.values():
-                self.pin_all(item, reason)
+                self.pin_all(item, reason, soft)
 
     def barrier(self, node: fx.Node, value: Any, reason: str | None = None) -> Any:
         """An op the engine does not understand: inputs kept, output unremovable."""

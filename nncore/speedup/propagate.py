@@ -29,7 +29,7 @@ def propagate(capture: Capture, masks: dict, choices: dict,
         elif node.op in ("call_function", "call_method"):
             info = call_function(ctx, node, value)
         elif node.op == "output":
-            ctx.pin_all(ctx.info(node.args[0]), "model output")
+            ctx.pin_all(ctx.info(node.args[0]), "model output", soft=True)
             info = None
         else:  # pragma: no cover - fx has no other node kinds
             raise SpeedupError(f"unexpected graph node kind {node.op!r}")

@@ -15,6 +15,7 @@ import torch.fx as fx
 from torch import nn
 
 from nncore.speedup import functions, shapes
+from nncore.speedup.norms import norm_channels
 from nncore.speedup.groups import GroupConstraint
 from nncore.speedup.info import TInfo, no_zero, pinned_vector, zero_slabs
 from nncore.speedup.context import Context
@@ -41,6 +42,10 @@ class ShrinkRule:
     def shrink(self, module: nn.Module, kept: Kept) -> nn.Module | None:
         """Slice ``module`` to the kept indices (default: nothing to slice)."""
         return None
+
+    def applies_to(self, module: nn.Module) -> bool:
+        """Whether this rule describes ``module`` (default: every module of the registered type)."""
+        return True
 
 
 def _slice(tensor: torch.Tensor | None, index: np.ndarray, dim: int) -> torch.Tensor | None:
@@ -155,6 +160,93 @@ class LinearRule(ShrinkRule):
         _set_param(module, "bias", _slice(module.bias, keep_out, 0))
         module.in_features, module.out_features = len(keep_in), len(keep_out)
         return None
+
+
+class Conv1DRule(ShrinkRule):
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``(in, out)``."""
+
+    def propagate(self, ctx, node, module, inputs, output):
+        x = inputs[0]
+        if not isinstance(x, TInfo):
+            return ctx.barrier(node, output)
+        name = str(node.target)
+        masked = ctx.is_masked(name)
+        mask = ctx.weight_mask(name) if masked else None
+        width = module.weight.shape[1]
+        ctx.classes.read(x.slots[-1], x.zero[-1] | (zero_slabs(mask, 0) if masked else no_zero(len(x.slots[-1]))))
+        out_slots = ctx.classes.new(width)
+        filter_zero = zero_slabs(mask, 1) if masked else no_zero(width)
+        if masked:
+            ctx.filter_zero[name] = filter_zero
+        bias_zero = np.ones(width, bool) if module.bias is None else (
+            (module.bias.detach() == 0).numpy() if masked else no_zero(width))
+        ctx.record(name, "in", x.slots[-1])
+        ctx.record(name, "out", out_slots)
+        lead = x.slots[:-1]
+        return TInfo(lead + [out_slots], [no_zero(len(s)) for s in lead] + [filter_zero & bias_zero])
+
+    def shrink(self, module, kept):
+        keep_in, keep_out = kept("in"), kept("out")
+        _set_param(module, "weight", _slice(_slice(module.weight, keep_in, 0), keep_out, 1))
+        _set_param(module, "bias", _slice(module.bias, keep_out, 0))
+        module.nf = len(keep_out)
+        if hasattr(module, "nx"):
+            module.nx = len(keep_in)
+        return None
+
+    def applies_to(self, module):
+        weight = getattr(module, "weight", None)
+        return isinstance(weight, torch.Tensor) and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1]
+
+
+class EmbeddingRule(ShrinkRule):
+    """``nn.Embedding``: the embedding dimension (columns of the table); the indices are read as is."""
+
+    def propagate(self, ctx, node, module, inputs, output):
+        name = str(node.target)
+        dim = ctx.classes.new(module.embedding_dim)
+        ctx.record(name, "dim", dim)
+        zero = zero_slabs(ctx.weight_mask(name), 1) if ctx.is_masked(name) else no_zero(module.embedding_dim)
+        lead = [pinned_vector(n) for n in output.shape[:-1]]
+        return TInfo(lead + [dim], [no_zero(n) for n in output.shape[:-1]] + [zero])
+
+    def shrink(self, module, kept):
+        keep = kept("dim")
+        _set_param(module, "weight", _slice(module.weight, keep, 1))
+        module.embedding_dim = len(keep)
+        return None
+
+
+class NormRule(ShrinkRule):
+    """``nn.LayerNorm`` / ``nn.RMSNorm`` (and RMSNorm modules of model libraries) over the last
+    dimension; see :mod:`nncore.speedup.norms` for what a mask on them means."""
+
+    def propagate(self, ctx, node, module, inputs, output):
+        x = inputs[0]
+        shape = getattr(module, "normalized_shape", (x.sizes()[-1],) if isinstance(x, TInfo) else ())
+        if not isinstance(x, TInfo) or len(tuple(shape)) != 1:
+            return FunctionRule("pin", "normalized_shape").propagate(ctx, node, module, inputs, output)
+        name = str(node.target)
+        ctx.record(name, "channels", x.slots[-1])
+        return norm_channels(ctx, node, x, name, type(module).__name__)
+
+    def shrink(self, module, kept):
+        keep = kept("channels")
+        for attr in ("weight", "bias"):
+            if isinstance(getattr(module, attr, None), torch.Tensor):
+                _set_param(module, attr, _slice(getattr(module, attr), keep, 0))
+        if hasattr(module, "normalized_shape"):
+            module.normalized_shape = (len(keep),)
+        return None
+
+    def applies_to(self, module):
+        if isinstance(module, nn.LayerNorm):  # a subclass with its own forward (LayerNorm2d) is looked into
+            return type(module).forward is nn.LayerNorm.forward
+        if isinstance(module, getattr(nn, "RMSNorm", ())):
+            return type(module).forward is nn.RMSNorm.forward
+        weight = getattr(module, "weight", None)
+        return (type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1
+                and not list(module.children()) and len(list(module.parameters())) == 1)
 
 
 class BatchNormRule(ShrinkRule):

@@ -14,8 +14,8 @@ from torch import nn
 from nncore.errors import ConfigError
 from nncore.speedup.context import Context
 from nncore.speedup.mha import MultiheadAttentionRule
-from nncore.speedup.rules import (BatchNormRule, ChannelwiseRule, ConvRule, FunctionRule, LinearRule,
-                                  ShrinkRule)
+from nncore.speedup.rules import (BatchNormRule, ChannelwiseRule, Conv1DRule, ConvRule, EmbeddingRule,
+                                  FunctionRule, LinearRule, NormRule, ShrinkRule)
 
 _KEEP = ["ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Hardswish", "Mish", "ELU", "SELU", "CELU",
          "Tanh", "Hardtanh", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity",
@@ -29,7 +29,7 @@ _BUILTIN: dict[type, ShrinkRule] = {
     nn.Conv1d: ConvRule(), nn.Conv2d: ConvRule(), nn.Conv3d: ConvRule(), nn.Linear: LinearRule(),
     nn.BatchNorm1d: BatchNormRule(), nn.BatchNorm2d: BatchNormRule(), nn.BatchNorm3d: BatchNormRule(),
     nn.SyncBatchNorm: BatchNormRule(), nn.Flatten: FunctionRule("reshape"), nn.Unflatten: FunctionRule("reshape"),
-    nn.LayerNorm: FunctionRule("pin", "normalized_shape"), nn.GroupNorm: FunctionRule("pin"),
+    nn.LayerNorm: NormRule(), nn.Embedding: EmbeddingRule(), nn.GroupNorm: FunctionRule("pin"),
     nn.Softmax: FunctionRule("pin", "dim"), nn.LogSoftmax: FunctionRule("pin", "dim"),
     nn.PReLU: ChannelwiseRule(dim=1, params=("weight",), keeps_zero=True),
     nn.MultiheadAttention: MultiheadAttentionRule(),
@@ -40,6 +40,13 @@ for _name in _NO_ZERO:
     _BUILTIN[getattr(nn, _name)] = FunctionRule("sigmoid")
 for _name in _POOL:
     _BUILTIN[getattr(nn, _name)] = FunctionRule("max_pool2d")
+
+if hasattr(nn, "RMSNorm"):
+    _BUILTIN[nn.RMSNorm] = NormRule()
+
+_BY_NAME: dict[str, ShrinkRule] = {"Conv1D": Conv1DRule(), "RMSNorm": NormRule()}
+"""Rules for model-library classes nncore does not import (Hugging Face ``Conv1D``, ``LlamaRMSNorm``),
+found by the end of the class name and checked by the rule's ``applies_to``."""
 
 _USER: dict[type, ShrinkRule] = {}
 
@@ -94,10 +101,15 @@ def extra_rules() -> dict[type, ShrinkRule]:
 
 
 def find_rule(module: nn.Module, extra: dict[type, ShrinkRule]) -> ShrinkRule | None:
+    """The rule that analyses and slices ``module``: user rules, plugin rules, then built-in ones."""
     for table in (extra, _BUILTIN):
         for klass in type(module).__mro__:
-            if klass in table:
-                return table[klass]
+            rule = table.get(klass)
+            if rule is not None:
+                return rule if rule.applies_to(module) else None
+    for suffix, rule in _BY_NAME.items():
+        if type(module).__name__.endswith(suffix) and rule.applies_to(module):
+            return rule
     return None
 
 

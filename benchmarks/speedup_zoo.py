@@ -8,10 +8,13 @@ is whichever ``nncore`` is first on ``PYTHONPATH``, so two engines can be compar
         --masks-dir /tmp/zoo_masks
     /work/tvenv/bin/python benchmarks/speedup_zoo.py --compare old.json new.json
 
+(The second run can go at the same time as the first with ``--wait-masks 3600``: it waits for each
+model's masks. ``--resume`` continues an interrupted run from its ``--json``.)
+
 For every model of ``torchvision.models.list_models(module=torchvision.models)`` (or ``--models``), in
 its own subprocess (``--timeout`` seconds each): build it with random weights (seed 0), compute masks of
 nncore's ``L1FilterPruner`` at 50% of every Conv2d's filters with ``dependency_aware=True`` (as
-``benchmarks/speedup.py``) on a 1x3x224x224 input, or load them from ``--masks-dir`` when a previous run
+``benchmarks/speedup.py``) on a 1x3x224x224 input (Inception-v3: 299x299), or load them from ``--masks-dir`` when a previous run
 saved them there (so both engines speed up the very same masks), then run ``ModelSpeedup`` and record:
 ok/failed, parameters before/after, the maximum relative difference (max |a - b| / max |b|) between the
 sped-up and the masked model on two inputs (batch 1 and 2), the speedup seconds, how the model was
@@ -49,6 +52,7 @@ except ImportError:
 warnings.filterwarnings("ignore")
 EXACT = 1e-4
 TRANSFORMERS = ("vit_b_16", "swin_t", "convnext_tiny")
+INPUT_SIZE = {"inception_v3": 299}  # its auxiliary head (train mode) needs 299x299; every other model 224x224
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -97,20 +101,33 @@ def relative_difference(result: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
-def zoo_masks(model: nn.Module, name: str, x: torch.Tensor, masks_dir: Path | None) -> tuple[dict, str]:
-    """Dependency-aware L1 filter masks at 50% on every Conv2d, saved to / loaded from ``masks_dir``."""
+def zoo_masks(model: nn.Module, name: str, x: torch.Tensor, masks_dir: Path | None,
+              wait: float = 0) -> tuple[dict, str]:
+    """Dependency-aware L1 filter masks at 50% on every Conv2d, saved to / loaded from ``masks_dir``
+    (waiting up to ``wait`` seconds for another run to save them; a ``.failed`` file there says that
+    run could not make them, and then this run makes its own)."""
     path = masks_dir / f"{name}.pt" if masks_dir else None
+    deadline = time.monotonic() + wait
+    while path is not None and not path.exists() and not path.with_suffix(".failed").exists() \
+            and time.monotonic() < deadline:
+        time.sleep(10)
     if path is not None and path.exists():
         return torch.load(path, weights_only=True), "loaded"
     from nncore.builtin_pruners import L1FilterPruner
-    pruner = L1FilterPruner(copy.deepcopy(model), [{"sparsity": 0.5, "op_types": ["Conv2d"]}], dependency_aware=True,
-                            dummy_input=x)
-    pruner.compress()
+    try:
+        pruner = L1FilterPruner(copy.deepcopy(model), [{"sparsity": 0.5, "op_types": ["Conv2d"]}],
+                                dependency_aware=True, dummy_input=x)
+        pruner.compress()
+    except Exception as exc:
+        if path is not None and not path.with_suffix(".failed").exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".failed").write_text(error_text(exc))
+        raise
     masks = pruner.masks()
-    if path is not None:
+    if path is not None and not path.with_suffix(".failed").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(masks, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
@@ -132,18 +149,19 @@ def train_step(model: nn.Module, x: torch.Tensor) -> str:
         model.eval()
 
 
-def zoo_worker(name: str, masks_dir: Path | None) -> dict:
+def zoo_worker(name: str, masks_dir: Path | None, wait: float) -> dict:
     import torchvision
     from nncore.speedup import ModelSpeedup
     torch.set_num_threads(2)
     seed_everything(0)
     record = {"model": name}
     model = torchvision.models.get_model(name, weights=None).eval()
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    x2 = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    size = INPUT_SIZE.get(name, 224)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x2 = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     record["params_before"] = count_params(model)
     try:
-        masks, record["masks"] = zoo_masks(model, name, x, masks_dir)
+        masks, record["masks"] = zoo_masks(model, name, x, masks_dir, wait)
     except Exception as exc:
         record.update(status="masks failed", error=error_text(exc))
         return record
@@ -164,8 +182,7 @@ def zoo_worker(name: str, masks_dir: Path | None) -> dict:
     record["capture"] = "fx" if any("torch.fx" in n and "cannot" not in n for n in notes) else (
         "dispatch" if any("recording" in n for n in notes) else "-")
     with torch.no_grad():
-        differences = [relative_difference(main_output(model(v)), main_output(reference(v))) for v in (x, x2)]
-    record["max_rel_diff"] = max(differences)
+        record["max_rel_diff"] = relative_difference(main_output(model(x)), main_output(reference(x)))
     record["status"] = "ok"
     record["train"] = train_step(model, x2)
     return record
@@ -251,18 +268,25 @@ def run_zoo(args: argparse.Namespace) -> None:
           f"torchvision {torchvision.__version__}; {load_average()}\n")
     print("| model | status | params before | params after | max rel diff | speedup s | capture | train fwd+bwd |")
     print("|---|---|---:|---:|---:|---:|---|---|")
-    records = []
+    records, done = [], set()
+    if args.json and args.resume and Path(args.json).exists():
+        records = json.loads(Path(args.json).read_text())["records"]
+        done = {r["model"] for r in records}
+        print(f"(resuming: {len(done)} models already in {args.json})")
     for name in names:
-        worker = ["--worker", name] + (["--masks-dir", args.masks_dir] if args.masks_dir else [])
+        if name in done:
+            continue
+        worker = ["--worker", name, "--wait-masks", str(args.wait_masks)] + (
+            ["--masks-dir", args.masks_dir] if args.masks_dir else [])
         record = {"model": name, **run_in_subprocess(worker, args.timeout)}
         records.append(record)
         status = record["status"] if record["status"] == "ok" else f"{record['status']} {record.get('error', '')}"
         print(f"| {name} | {status} | {record.get('params_before', 0):,} | {record.get('params_after', 0):,} | "
               f"{fmt_diff(record.get('max_rel_diff'))} | {record.get('speedup_s', float('nan')):.2f} | "
               f"{record.get('capture', '-')} | {record.get('train', '-')} |", flush=True)
+        if args.json:  # after every model, so that an interrupted run keeps what it measured
+            Path(args.json).write_text(json.dumps({"engine": engine_description(), "records": records}, indent=1))
     print(f"\n{load_average()}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"engine": engine_description(), "records": records}, indent=1))
 
 
 def exact(record: dict) -> bool:
@@ -331,6 +355,9 @@ def main() -> None:
     parser.add_argument("--masks-dir", help="save masks here, or load them when a previous run saved them")
     parser.add_argument("--json", help="write the records to this file (for --compare)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per model")
+    parser.add_argument("--resume", action="store_true", help="keep the models already in --json, run the others")
+    parser.add_argument("--wait-masks", type=float, default=0,
+                        help="seconds to wait for a run in parallel to save a model's masks in --masks-dir")
     parser.add_argument("--compare", nargs=2, metavar=("OLD_JSON", "NEW_JSON"))
     parser.add_argument("--transformers", action="store_true", help="capture checks on ViT, Swin, ConvNeXt")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -345,7 +372,7 @@ def main() -> None:
         print("speedup_zoo needs torchvision (pip install torchvision); nncore itself does not.")
         sys.exit(0)
     if args.worker:
-        print(json.dumps(zoo_worker(args.worker, Path(args.masks_dir) if args.masks_dir else None)))
+        print(json.dumps(zoo_worker(args.worker, Path(args.masks_dir) if args.masks_dir else None, args.wait_masks)))
     elif args.transformer_worker:
         print(json.dumps(transformer_worker(args.transformer_worker)))
     elif args.transformers:

@@ -7,14 +7,16 @@ Run from the repository root with a Python that has ``transformers`` and ``torch
 
 ``bert``: BERT-base shape (12 layers, hidden 768, 12 heads, FFN 3072). Half the heads of every layer and
 half the FFN neurons of every layer, hidden size kept. nncore: masks from its pruners (heads ranked by the
-L1 norm of their Q/K/V weights, FFN neurons by the L1 norm of their rows), then ``ModelSpeedup``; timed
-from the dense model to the shrunk one. Torch-Pruning: ``MetaPruner`` (``num_heads``,
+L1 norm of their Q/K/V weights, the groups named by hand through ``attention_name_groups``; FFN neurons by
+the L1 norm of their rows), then ``ModelSpeedup``; timed from the dense model to the shrunk one.
+Torch-Pruning, set up as its HF BERT example: ``MetaPruner`` with ``num_heads`` (named by hand),
 ``prune_num_heads=True``, ``prune_head_dims=False``, ``head_pruning_ratio=0.5``, ``pruning_ratio=0.5``
-for the FFN, the embeddings and pooler ignored so the hidden size stays) + ``step()`` + the head-count
-attribute fix of its BERT example. Both tools run in this process, alternated ``--repeats`` times on fresh
-copies of one model; the table gives the median seconds. Latency: batch 1, sequence 128,
-``--threads`` threads, dense / nncore / Torch-Pruning interleaved run by run, median per repeat; the gain is
-dense median / pruned median, and the summary row is the median over repeats.
+(the FFN), the embeddings and the pooler ignored so that the hidden size stays; then ``step()`` and the
+head-count attribute fix. Both tools trace the same example input (``--trace-length`` tokens) and run in
+this process, alternated ``--repeats`` times on fresh copies of one model; the table gives the median
+seconds. Latency: batch 1, sequence 128, ``--threads`` threads, dense / nncore / Torch-Pruning interleaved
+run by run (the order rotating), median per repeat; the gain is dense median / pruned median, and the
+summary row is the median over repeats.
 
 ``llama``: a 1.1B-parameter Llama shape (22 layers, hidden 2048, 32 heads / 4 KV heads, FFN 5632,
 vocab 32000). MLP 50% (gate/up/down neurons of every layer) and hidden size 25%. Each tool runs in its own
@@ -85,28 +87,35 @@ def _row_mask(module: nn.Module, dropped: torch.Tensor) -> dict:
     return {"weight": keep[:, None].expand_as(weight).clone(), "bias": None if module.bias is None else keep}
 
 
-def head_masks(model: nn.Module, inputs: dict, sparsity: float) -> tuple[dict, str]:
+def bert_attention_groups(model: nn.Module) -> list[list[str]]:
+    """``[q, k, v, o]`` module names of every BERT attention layer, named by hand as a user would
+    (Torch-Pruning is likewise given its ``num_heads`` by hand)."""
+    return [[f"encoder.layer.{i}.attention.self.{p}" for p in ("query", "key", "value")]
+            + [f"encoder.layer.{i}.attention.output.dense"] for i in range(len(model.encoder.layer))]
+
+
+def head_masks(model: nn.Module, groups: list[list[str]], num_heads: int, sparsity: float) -> tuple[dict, str]:
     """Masks that prune ``sparsity`` of each attention layer's heads (l1_weight ranking)."""
+    head_dim = model.get_submodule(groups[0][0]).out_features // num_heads
     try:
         from nncore.builtin_pruners import TransformerHeadPruner
     except ImportError:
         TransformerHeadPruner = None
     if TransformerHeadPruner is not None:
-        groups = find_attention_groups(model, inputs)
         pruner = TransformerHeadPruner(model, [{"sparsity": sparsity, "op_types": ["Linear"]}],
-                                       head_hidden_dim=groups[0].head_dim, dummy_input=inputs,
+                                       head_hidden_dim=head_dim, attention_name_groups=groups,
                                        ranking_criterion="l1_weight")
         pruner.compress()
         masks = pruner.masks()
         pruner.unwrap_model()
         return masks, "TransformerHeadPruner"
-    masks = {}  # hand-built fallback: NNI's l1_weight (mean over Q, K, V of each head's L1 norm)
-    for group in find_attention_groups(model, inputs):
-        projections = [model.get_submodule(name) for name in (group.q, group.k, group.v)]
-        importance = sum(p.weight.detach().abs().view(group.num_heads, -1).sum(1) for p in projections)
-        dropped = importance.argsort()[: int(group.num_heads * sparsity)]
-        rows = (dropped[:, None] * group.head_dim + torch.arange(group.head_dim)).flatten()
-        for name, projection in zip((group.q, group.k, group.v), projections):
+    masks = {}  # hand-built fallback: NNI's l1_weight (sum over Q, K, V of each head's L1 norm)
+    for q, k, v, _ in groups:
+        projections = [model.get_submodule(name) for name in (q, k, v)]
+        importance = sum(p.weight.detach().abs().view(num_heads, -1).sum(1) for p in projections)
+        dropped = importance.argsort()[: int(num_heads * sparsity)]
+        rows = (dropped[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        for name, projection in zip((q, k, v), projections):
             masks[name] = _row_mask(projection, rows)
     return masks, "hand-built (TransformerHeadPruner not on this branch)"
 
@@ -133,18 +142,13 @@ def neuron_masks(model: nn.Module, names: list[str], sparsity: float) -> tuple[d
 
 
 def hidden_masks(model: nn.Module, inputs: dict, sparsity: float) -> tuple[dict, str]:
-    """Masks on every RMSNorm/LayerNorm weight that remove ``sparsity`` of the hidden channels."""
-    norms = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")]
-    # hand-built: channels ranked by the L2 norm of their embedding column (the lead's hidden-size
-    # pruner ranks the whole coupled group; it is not on main yet)
-    embedding = model.get_input_embeddings().weight.detach()
-    hidden = embedding.shape[1]
-    dropped = embedding.float().norm(dim=0).argsort()[: int(hidden * sparsity)]
-    keep = torch.ones(hidden, dtype=embedding.dtype)
-    keep[dropped] = 0
-    return ({name: {"weight": keep.clone(), "bias": None if getattr(m, "bias", None) is None else keep.clone()}
-             for name, m in norms}, "hand-built (no hidden-size pruner on main yet)")
+    """Masks on every norm of the residual stream that remove ``sparsity`` of the hidden channels."""
+    from nncore.builtin_pruners import HiddenSizePruner
+    pruner = HiddenSizePruner(model, [{"sparsity": sparsity, "op_types": ["default"]}], dummy_input=inputs)
+    pruner.compress()
+    masks = pruner.masks()
+    pruner.unwrap_model()
+    return masks, "HiddenSizePruner (l2 group importance)"
 
 
 # -- BERT -----------------------------------------------------------------------------------------
@@ -166,7 +170,7 @@ def bert_inputs(length: int, seed: int) -> dict:
 def nncore_bert(model: nn.Module, inputs: dict) -> dict:
     """Half the heads and half the FFN neurons, with nncore; returns timings, sources and masks."""
     start = time.perf_counter()
-    masks, heads_from = head_masks(model, inputs, 0.5)
+    masks, heads_from = head_masks(model, bert_attention_groups(model), model.config.num_attention_heads, 0.5)
     ffn = [f"encoder.layer.{i}.intermediate.dense" for i in range(len(model.encoder.layer))]
     more, ffn_from = neuron_masks(model, ffn, 0.5)
     masks.update(more)
@@ -199,16 +203,18 @@ def torch_pruning_bert(model: nn.Module, inputs: dict) -> dict:
 
 
 def interleaved_latency_ms(models: list[nn.Module], inputs: dict, runs: int) -> list[float]:
-    """Median latency of each model, the models run in turn so that load drift hits all alike."""
+    """Median latency of each model. The models run in turn, so that load drift hits all alike, and
+    the order rotates from run to run (the model run right after the dense one is otherwise slower)."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for model in models:
             model(**inputs)
-        for _ in range(runs):
-            for model, bucket in zip(models, times):
+        for run in range(runs):
+            for i in range(len(models)):
+                index = (run + i) % len(models)
                 start = time.perf_counter()
-                model(**inputs)
-                bucket.append((time.perf_counter() - start) * 1000)
+                models[index](**inputs)
+                times[index].append((time.perf_counter() - start) * 1000)
     return [statistics.median(bucket) for bucket in times]
 
 
@@ -218,6 +224,9 @@ def run_bert(args: argparse.Namespace) -> None:
     trace = bert_inputs(args.trace_length, seed=0)
     print(f"# BERT-base shape: 50% heads + 50% FFN neurons, hidden kept; {load_average()}, "
           f"torch threads {args.threads}, trace input 1x{args.trace_length}\n")
+    stages: list = []
+    if args.profile:
+        profile_engine(stages)
     results: dict[str, list[dict]] = {"nncore": [], "torch-pruning": []}
     pruned: dict[str, nn.Module] = {}
     for repeat in range(args.repeats):  # alternate the tools so that load drift hits both alike
@@ -235,8 +244,14 @@ def run_bert(args: argparse.Namespace) -> None:
             x = bert_inputs(128, seed=seed + 1)
             differences.append(relative_difference(pruned["nncore"](**x).last_hidden_state,
                                                    reference(**x).last_hidden_state))
-    print(f"\nnncore masks from: {results['nncore'][-1]['sources']}\n")
-    median = {tool: {key: statistics.median(r[key] for r in runs) for key in runs[0] if key.endswith("s")}
+    print(f"\nnncore masks from: {results['nncore'][-1]['sources']}")
+    start = time.perf_counter()
+    found = [[g.q, g.k, g.v, g.o] for g in find_attention_groups(dense, trace)]
+    print(f"find_attention_groups (not used above; one capture): {time.perf_counter() - start:.2f} s, "
+          f"{len(found)} groups, {'equal to' if found == bert_attention_groups(dense) else 'DIFFERENT from'} "
+          "the hand-named ones\n")
+    median = {tool: {key: statistics.median(r[key] for r in runs) for key in runs[0]
+                     if key == "seconds" or key.endswith("_s")}
               for tool, runs in results.items()}
     before = count_params(dense)
     print(f"| tool | prune + speedup s (median of {args.repeats}) | parts (median s) | params before | "
@@ -249,6 +264,8 @@ def run_bert(args: argparse.Namespace) -> None:
           f"{count_params(pruned['torch-pruning']):,} | - |")
     ratios = ", ".join(f"{a['seconds'] / b['seconds']:.2f}" for a, b in zip(*results.values()))
     print(f"\nnncore time / torch-pruning time: {n['seconds'] / t['seconds']:.2f} (per repeat: {ratios})")
+    if stages:
+        print_stages(stages[-len(stages) // args.repeats:])
     x = bert_inputs(128, seed=0)
     print(f"\nCPU latency, batch 1, sequence 128, {args.runs} interleaved runs per repeat; {load_average()}\n")
     print("| repeat | dense ms | nncore ms | torch-pruning ms | nncore gain | torch-pruning gain |")
@@ -317,6 +334,14 @@ def profile_engine(log: list) -> None:
     engine.ModelSpeedup._rewrite = traced("_rewrite", engine.ModelSpeedup._rewrite)
 
 
+def print_stages(stages: list) -> None:
+    kb_per_gib = 2 ** 20
+    print("\n| nncore step (last run) | seconds | RSS after GiB | peak so far GiB |\n|---|---:|---:|---:|")
+    for name, seconds, rss, peak in stages:
+        print(f"| {name} | {seconds:.2f} | {rss / kb_per_gib:.2f} | {peak / kb_per_gib:.2f} |")
+    print("(speedup time not in these steps: after _rewrite, the shrunk model's forward on the example input)")
+
+
 def llama_worker(tool: str, dtype: torch.dtype, length: int, profile: bool) -> dict:
     torch.set_num_threads(2)
     model = build_llama(dtype)
@@ -375,45 +400,49 @@ def llama_worker(tool: str, dtype: torch.dtype, length: int, profile: bool) -> d
 
 def run_llama(args: argparse.Namespace) -> None:
     gib = 2 ** 30
-    print(f"# Llama 1.1B shape: MLP 50% + hidden size 25%, {args.dtype}, trace input 1x{args.trace_length}; "
-          f"{load_average()}\n")
-    reports = []
-    for tool in args.tools.split(","):
-        command = [sys.executable, __file__, "llama-worker", "--tool", tool, "--dtype", args.dtype,
-                   "--trace-length", str(args.trace_length)] + (["--profile"] if args.profile else [])
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"{tool} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-            continue
-        reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(f"  {tool}: {reports[-1]['seconds']:.1f} s, {load_average()}", flush=True)
-    print("\n| tool | model size GiB | RSS after build GiB | peak making masks GiB | peak pruning GiB | "
-          "peak / model size | masks s | prune/speedup s | total s | params before | params after | "
-          "hidden, FFN after | runs |")
+    print(f"# Llama 1.1B shape: MLP 50% + hidden size 25%, {args.dtype}, trace input 1x{args.trace_length}, "
+          f"{args.repeats} alternated runs per tool; {load_average()}\n")
+    runs: dict[str, list[dict]] = {}
+    for repeat in range(args.repeats):  # one process per run, the tools alternated (never two at once)
+        for tool in args.tools.split(","):
+            command = [sys.executable, __file__, "llama-worker", "--tool", tool, "--dtype", args.dtype,
+                       "--trace-length", str(args.trace_length)] + (["--profile"] if args.profile else [])
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{tool} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+                continue
+            runs.setdefault(tool, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  repeat {repeat + 1} {tool}: {runs[tool][-1]['seconds']:.1f} s, {load_average()}", flush=True)
+    print(f"\n| tool | model size GiB | RSS after build GiB | peak making masks GiB | peak pruning GiB | "
+          f"peak / model size | masks s | prune/speedup s | total s (median of {args.repeats}) | params before | "
+          "params after | hidden, FFN after | runs |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-    for r in reports:
+    for tool, reports in runs.items():
+        r = reports[-1]
         size = r["model_bytes"] / gib
-        peak = max(r["peak_prune_kb"], r.get("peak_masks_kb", 0)) * 1024 / gib
-        masks_peak = f"{r['peak_masks_kb'] * 1024 / gib:.2f}" if "peak_masks_kb" in r else "-"
-        print(f"| {r['tool']} | {size:.2f} | {r['rss_built_kb'] * 1024 / gib:.2f} | {masks_peak} | "
-              f"{r['peak_prune_kb'] * 1024 / gib:.2f} | {peak / size:.2f} | {r['masks_s']:.1f} | {r['prune_s']:.1f} | "
-              f"{r['seconds']:.1f} | {r['params_before']:,} | {r['params_after']:,} | "
-              f"{r['shapes']['hidden']}, {r['shapes']['ffn']} | {r['runs']} |")
-    for r in reports:
-        if r.get("sources"):
-            print(f"\nnncore masks from: {r['sources']}; mask bytes {r['mask_bytes'] / gib:.2f} GiB")
+        peak_kb = max(max(x["peak_prune_kb"], x.get("peak_masks_kb", 0)) for x in reports)
+        masks_peak = f"{max(x['peak_masks_kb'] for x in reports) / 2 ** 20:.2f}" if "peak_masks_kb" in r else "-"
+
+        def med(key):
+            return statistics.median(x[key] for x in reports)
+        print(f"| {tool} | {size:.2f} | {r['rss_built_kb'] / 2 ** 20:.2f} | {masks_peak} | "
+              f"{max(x['peak_prune_kb'] for x in reports) / 2 ** 20:.2f} | {peak_kb * 1024 / gib / size:.2f} | "
+              f"{med('masks_s'):.1f} | {med('prune_s'):.1f} | {med('seconds'):.1f} | {r['params_before']:,} | "
+              f"{r['params_after']:,} | {r['shapes']['hidden']}, {r['shapes']['ffn']} | {r['runs']} |")
+    if {"nncore", "torch-pruning"} <= runs.keys():
+        ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs["nncore"], runs["torch-pruning"])]
+        print(f"\nnncore time / torch-pruning time per repeat: {', '.join(f'{x:.2f}' for x in ratios)}")
+    for r in runs.get("nncore", [])[-1:]:
+        print(f"\nnncore masks from: {r['sources']}; mask bytes {r['mask_bytes'] / gib:.2f} GiB")
         if r.get("stages"):
-            print("\n| nncore speedup step | seconds | RSS after GiB | peak so far GiB |\n|---|---:|---:|---:|")
-            for name, seconds, rss, peak in r["stages"]:
-                print(f"| {name} | {seconds:.1f} | {rss * 1024 / gib:.2f} | {peak * 1024 / gib:.2f} |")
-            print("(the rest of the speedup time, after _rewrite, is the shrunk model's forward on the example input)")
+            print_stages(r["stages"])
     print(f"\n{load_average()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["bert", "llama", "llama-worker"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="alternated runs per tool")
     parser.add_argument("--runs", type=int, default=10, help="latency runs per model and repeat")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the BERT part")
     parser.add_argument("--trace-length", type=int, default=128,
@@ -421,7 +450,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--tools", default="nncore,torch-pruning")
     parser.add_argument("--tool", default="nncore")
-    parser.add_argument("--profile", action="store_true", help="llama: RSS at each nncore speedup step")
+    parser.add_argument("--profile", action="store_true", help="seconds and RSS of each nncore speedup step")
     args = parser.parse_args()
     if args.part == "bert":
         run_bert(args)

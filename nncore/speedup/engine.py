@@ -13,6 +13,7 @@ from torch import nn
 from nncore.artifacts import MaskDict
 from nncore.errors import SpeedupError
 from nncore.speedup.analysis import Analysis, split_inputs
+from nncore.speedup.fold import fold_into_bias, folded_counts
 from nncore.speedup.masks import apply_masks, read_masks
 from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, mask_weights, owner_of,
                                     replace_module, set_attr, use_graph_forward, zero_filters)
@@ -145,7 +146,8 @@ class ModelSpeedup:
                 warnings.warn(NOTHING_STRUCTURAL, UserWarning, stacklevel=3)
             self._finish_masking(analysis, deferred, {}, journal)
             self.summary = SpeedupSummary(kept_by=kept_by, notes=tuple(notes),
-                                          opaque_modules=tuple(analysis.opaque))
+                                          opaque_modules=tuple(analysis.opaque),
+                                          masked_filters=masked_filters, kept_filters=kept_filters)
             logger.info("%s", self.summary)
             return model
         diff = None
@@ -173,7 +175,8 @@ class ModelSpeedup:
         self._commit(analysis, replaced, attrs_changed, rewritten)
         self.summary = SpeedupSummary(shrunk=shrunk, kept_by=kept_by, notes=tuple(notes),
                                       rewritten=tuple(rewritten), opaque_modules=tuple(analysis.opaque),
-                                      max_abs_diff=diff)
+                                      max_abs_diff=diff, folded=folded_counts(analysis.ctx, decision),
+                                      masked_filters=masked_filters, kept_filters=kept_filters)
         logger.info("%s", self.summary)
         return model
 
@@ -210,7 +213,7 @@ class ModelSpeedup:
             kept = None
             if name in shrunk and slots is not None:
                 kept = np.nonzero(~decision.removed_mask(slots))[0]
-            zero_filters(analysis.gm.get_submodule(name), zero_rows, kept, journal)
+            zero_filters(self.model.get_submodule(name), zero_rows, kept, journal)
 
     def _shrink(self, analysis: Analysis, journal: Journal) -> tuple[dict, dict, dict]:
         decision, records, gm = analysis.decision, analysis.ctx.records, analysis.gm
@@ -244,6 +247,7 @@ class ModelSpeedup:
                 return None if key not in _removed else np.nonzero(~_removed[key])[0]
 
             journal.touch(module)
+            fold_into_bias(analysis.ctx, owner, module, removed, analysis.masks)
             new = rule.shrink(module, kept)
             if new is not None:
                 replace_module(gm, owner, new)

@@ -24,7 +24,7 @@ KEEP_ZERO = {
     "abs", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type", "type_as",
     "sign", "sqrt", "square", "erf", "sin", "identity", "requires_grad_", "cpu", "cuda",
-    "hardshrink", "softshrink", "tanhshrink", "prelu",
+    "hardshrink", "softshrink", "tanhshrink", "prelu", "stochastic_depth",
 }
 NO_ZERO = {
     "sigmoid", "sigmoid_", "hardsigmoid", "exp", "cos", "rsqrt", "reciprocal", "softplus", "log",

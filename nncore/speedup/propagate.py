@@ -30,6 +30,8 @@ class Context:
         self.splits: dict[tuple[str, int], int] = {}
         self.unknown: list[tuple[str, str]] = []
         self.filter_zero: dict[str, np.ndarray] = {}
+        self.consts: dict[fx.Node, Any] = {}  # per tensor: constants of its slabs (see constants.py)
+        self.folds: dict[str, Any] = {}  # reader module -> constants it folds into its bias (see fold.py)
 
     # -- helpers for handlers and rules ------------------------------------------------------
     def choose(self, node: fx.Node, key: int, count: int, default: int) -> int:
@@ -122,6 +124,7 @@ def fresh_info(ctx: Context, value: torch.Tensor) -> TInfo:
 def propagate(gm: fx.GraphModule, values: dict, masks: dict, choices: dict,
               extra_rules: dict | None = None, cache: dict | None = None) -> Context:
     """Run the analysis once with the given split choices."""
+    from nncore.speedup.constants import track as track_constants
     from nncore.speedup.functions import call_function
     from nncore.speedup.rules import call_module
 
@@ -144,5 +147,7 @@ def propagate(gm: fx.GraphModule, values: dict, masks: dict, choices: dict,
             info = None
         else:  # pragma: no cover - fx has no other node kinds
             raise SpeedupError(f"unexpected graph node kind {node.op!r}")
+        if node.op != "output":
+            info = track_constants(ctx, node, value, info)
         ctx.infos[node] = info
     return ctx

@@ -1,0 +1,117 @@
+"""Folding constant channels into the bias of the layers that read them.
+
+A channel that is constant rather than zero (see :mod:`nncore.speedup.constants`) adds a fixed
+offset to every layer that mixes channels. Where that offset is the same at every output position,
+it moves exactly into the layer's bias and the channel can go:
+
+* ``nn.Linear``: ``bias += W[:, i] * c``;
+* ``nn.Conv1d/2d/3d`` (any kernel, stride, dilation, groups) without zero padding:
+  ``bias += c * W[:, i].sum(kernel)``. Zero padding makes border outputs see zeros instead of
+  the constant, so a padded convolution keeps the channel (``reflect``/``replicate``/``circular``
+  padding repeats the constant, and folds).
+
+A layer gets a bias if it has none. Not folded, and the channel kept with the reason in the
+summary: subclasses that change ``forward``, a layer called more than once, any other reader.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from nncore.speedup.constants import CONVS, consts_of, stock
+from nncore.speedup.info import TInfo
+
+
+def folded_inputs(ctx, node: fx.Node, module: nn.Module, x: TInfo, dim: int) -> np.ndarray:
+    """Which input channels (dimension ``dim`` of the input ``x``) hold a non-zero constant that
+    ``module`` folds exactly into its bias. The fold is recorded for :func:`fold_into_bias`;
+    constants it cannot fold are reported to the channel classes with the reason."""
+    found = np.zeros(len(x.slots[dim]), dtype=bool)
+    consts = consts_of(ctx, node.args[0])
+    if not isinstance(consts, list) or len(consts) != x.ndim or len(consts[dim]) != len(found):
+        return found
+    values = consts[dim]
+    constant = ~np.isnan(values) & (values != 0) & ~x.zero[dim]
+    if not constant.any():
+        return found
+    why = _cannot_fold(ctx, node, module)
+    if why:
+        ctx.classes.keep_constant(x.slots[dim][constant], f"channels that are constant, not zero, where "
+                                                          f"{ctx.op_label(node)} reads them: {why}")
+        return found
+    ctx.folds[str(node.target)] = np.where(constant, values, np.nan)
+    return constant
+
+
+def _cannot_fold(ctx, node: fx.Node, module: nn.Module) -> str | None:
+    if stock(module, CONVS + (nn.Linear,)) is None:
+        return f"{type(module).__name__} overrides forward, so a bias fold is not proven exact"
+    uses = ctx.cache.get("module uses")
+    if uses is None:  # calls of each module, and reads of its parameters elsewhere in the graph
+        uses = ctx.cache["module uses"] = Counter(
+            str(n.target) if n.op == "call_module" else str(n.target).rpartition(".")[0]
+            for n in ctx.gm.graph.nodes if n.op in ("call_module", "get_attr"))
+    if uses[str(node.target)] > 1:
+        return "the layer is used more than once, and one bias cannot fold the constants of every use"
+    if isinstance(module, CONVS) and zero_padding(module):
+        return ("its zero padding would make a bias fold inexact (border outputs see the padding, not the "
+                "constant)")
+    return None
+
+
+def zero_padding(conv: nn.Module) -> bool:
+    """Does the convolution pad its input with zeros?"""
+    if conv.padding_mode != "zeros":
+        return False
+    if isinstance(conv.padding, str):
+        return conv.padding == "same" and any(d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation))
+    return any(int(p) for p in conv.padding)
+
+
+@torch.no_grad()
+def fold_into_bias(ctx, owner: str, module: nn.Module, removed: dict, masks: dict) -> int:
+    """Before ``module`` is sliced: add the offset of its removed constant inputs to its bias (a
+    new parameter; the old one is left for a rollback). Returns how many inputs were folded."""
+    values = ctx.folds.get(owner)
+    gone = removed.get("in")
+    if values is None or gone is None:
+        return 0
+    take = gone & ~np.isnan(values)
+    if not take.any():
+        return 0
+    weight = module.weight.detach()
+    mask = (masks.get(owner) or {}).get("weight")
+    if mask is not None:  # the masked model's weights (filter masks may be applied only later)
+        weight = weight * mask.to(device=weight.device, dtype=weight.dtype)
+    constants = torch.zeros(len(take), dtype=torch.float64, device=weight.device)
+    constants[torch.as_tensor(np.nonzero(take)[0], device=weight.device)] = torch.as_tensor(
+        values[take], dtype=torch.float64, device=weight.device)
+    weight = weight.double()
+    if isinstance(module, nn.Linear):
+        offset = weight @ constants
+    else:
+        groups, cout = module.groups, module.out_channels
+        per_input = weight.sum(dim=tuple(range(2, weight.dim()))).reshape(groups, cout // groups, -1)
+        offset = (per_input @ constants.reshape(groups, -1, 1)).reshape(cout)
+    bias = module.bias
+    reference = module.weight if bias is None else bias
+    new = offset if bias is None else bias.detach().double() + offset
+    module.bias = nn.Parameter(new.to(reference.dtype), requires_grad=reference.requires_grad)
+    return int(take.sum())
+
+
+def folded_counts(ctx, decision) -> dict[str, int]:
+    """Reader module -> number of removed constant channels folded into its bias."""
+    counts = {}
+    for owner, values in ctx.folds.items():
+        slots = ctx.records.get((owner, "in"))
+        if slots is None or len(slots) != len(values):
+            continue
+        count = int((decision.removed_mask(slots) & ~np.isnan(values)).sum())
+        if count:
+            counts[owner] = count
+    return counts

@@ -31,7 +31,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from nncore.speedup.functions import KEEP_ZERO, NO_ZERO, POOLS, VIEWS, op_name
+from nncore.speedup.functions import KEEP_ZERO, NO_ZERO, POOLS, VIEWS
+from nncore.speedup.graph import op_name
 from nncore.speedup.info import TInfo
 
 Consts = list  # per dimension: float64 vector, NaN where not constant
@@ -197,7 +198,7 @@ def _call(node: fx.Node, args: tuple, kwargs: dict) -> Any:
 # -- the ops --------------------------------------------------------------------------------
 def _transfer(ctx, node: fx.Node, value: Any) -> Any:
     if node.op == "call_module":
-        return _module(ctx, node, ctx.gm.get_submodule(str(node.target)), value)
+        return _module(ctx, node, ctx.capture.get_submodule(str(node.target)), value)
     if node.op not in ("call_function", "call_method") or not node.args:
         return None  # model inputs, parameters and buffers: nothing is known to be constant
     name = op_name(node)
@@ -386,13 +387,13 @@ def _probed(ctx, node: fx.Node, value: Any, name: str) -> Any:
         return arg
 
     args, kwargs = probe(tuple(node.args)), {k: probe(v) for k, v in node.kwargs.items()}
-    if name in VIEWS or (name == "module" and isinstance(ctx.gm.get_submodule(str(node.target)),
+    if name in VIEWS or (name == "module" and isinstance(ctx.capture.get_submodule(str(node.target)),
                                                          (nn.Flatten, nn.Unflatten))):
         result = args[0].reshape(value.shape)
     elif name in ("expand", "expand_as", "broadcast_to"):
         result = args[0].expand(value.shape)
     elif name == "module":
-        result = ctx.gm.get_submodule(str(node.target))(*args, **kwargs)
+        result = ctx.capture.get_submodule(str(node.target))(*args, **kwargs)
     else:
         result = _call(node, args, kwargs)
     return _extract_like(result, value)

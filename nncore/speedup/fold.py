@@ -11,7 +11,8 @@ it moves exactly into the layer's bias and the channel can go:
   padding repeats the constant, and folds).
 
 A layer gets a bias if it has none. Not folded, and the channel kept with the reason in the
-summary: subclasses that change ``forward``, a layer called more than once, any other reader.
+summary: subclasses that change ``forward``, a shared bias, a layer called more than once with
+different constants, any other reader.
 """
 from __future__ import annotations
 
@@ -28,35 +29,49 @@ from nncore.speedup.info import TInfo
 
 def folded_inputs(ctx, node: fx.Node, module: nn.Module, x: TInfo, dim: int) -> np.ndarray:
     """Which input channels (dimension ``dim`` of the input ``x``) hold a non-zero constant that
-    ``module`` folds exactly into its bias. The fold is recorded for :func:`fold_into_bias`;
-    constants it cannot fold are reported to the channel classes with the reason."""
-    found = np.zeros(len(x.slots[dim]), dtype=bool)
+    ``module`` folds exactly into its bias. The constants are recorded for :func:`fold_into_bias`;
+    constants it cannot fold are reported to the channel classes with the reason.
+
+    A module called more than once has one bias: a channel whose constant differs between calls
+    (or is zero in one call and not in another) gets an extra read that keeps it."""
+    size = len(x.slots[dim])
+    found = np.zeros(size, dtype=bool)
     consts = consts_of(ctx, node.args[0])
-    if not isinstance(consts, list) or len(consts) != x.ndim or len(consts[dim]) != len(found):
-        return found
-    values = consts[dim]
-    constant = ~np.isnan(values) & (values != 0) & ~x.zero[dim]
+    values = consts[dim] if isinstance(consts, list) and len(consts) == x.ndim and len(consts[dim]) == size \
+        else np.full(size, np.nan)
+    seen = np.where(x.zero[dim], 0.0, values)
+    name = str(node.target)
+    first = ctx.folds.setdefault(name, seen)
+    if first is not seen and len(first) == size:
+        differ = (first != seen) & ~(np.isnan(first) & np.isnan(seen))
+        if differ.any():
+            ctx.classes.read(x.slots[dim][differ], np.zeros(int(differ.sum()), dtype=bool))
+            ctx.classes.keep_constant(x.slots[dim][differ], f"channels that are constant, not zero, where "
+                                      f"{ctx.op_label(node)} reads them: its calls read different constants, "
+                                      f"and one bias cannot fold them all")
+    constant = ~np.isnan(seen) & (seen != 0)
     if not constant.any():
         return found
-    why = _cannot_fold(ctx, node, module)
+    why = _cannot_fold(ctx, name, module)
     if why:
         ctx.classes.keep_constant(x.slots[dim][constant], f"channels that are constant, not zero, where "
                                                           f"{ctx.op_label(node)} reads them: {why}")
         return found
-    ctx.folds[str(node.target)] = np.where(constant, values, np.nan)
     return constant
 
 
-def _cannot_fold(ctx, node: fx.Node, module: nn.Module) -> str | None:
+def _cannot_fold(ctx, name: str, module: nn.Module) -> str | None:
     if stock(module, CONVS + (nn.Linear,)) is None:
         return f"{type(module).__name__} overrides forward, so a bias fold is not proven exact"
-    uses = ctx.cache.get("module uses")
-    if uses is None:  # calls of each module, and reads of its parameters elsewhere in the graph
-        uses = ctx.cache["module uses"] = Counter(
-            str(n.target) if n.op == "call_module" else str(n.target).rpartition(".")[0]
-            for n in ctx.gm.graph.nodes if n.op in ("call_module", "get_attr"))
-    if uses[str(node.target)] > 1:
-        return "the layer is used more than once, and one bias cannot fold the constants of every use"
+    shared = ctx.cache.get("shared biases")
+    if shared is None:  # biases tied between modules, or read directly by the graph
+        owners = Counter(id(m.bias) for m in ctx.capture.model.modules() if isinstance(getattr(m, "bias", None),
+                                                                                       torch.Tensor))
+        read = {str(n.target) for n in ctx.capture.nodes() if n.op == "get_attr"}
+        shared = ctx.cache["shared biases"] = (owners, read)
+    owners, read = shared
+    if module.bias is not None and owners[id(module.bias)] > 1 or f"{name}.bias" in read:
+        return "its bias is shared, so a fold would change another layer"
     if isinstance(module, CONVS) and zero_padding(module):
         return ("its zero padding would make a bias fold inexact (border outputs see the padding, not the "
                 "constant)")
@@ -80,7 +95,7 @@ def fold_into_bias(ctx, owner: str, module: nn.Module, removed: dict, masks: dic
     gone = removed.get("in")
     if values is None or gone is None:
         return 0
-    take = gone & ~np.isnan(values)
+    take = gone & ~np.isnan(values) & (values != 0)
     if not take.any():
         return 0
     weight = module.weight.detach()
@@ -111,7 +126,7 @@ def folded_counts(ctx, decision) -> dict[str, int]:
         slots = ctx.records.get((owner, "in"))
         if slots is None or len(slots) != len(values):
             continue
-        count = int((decision.removed_mask(slots) & ~np.isnan(values)).sum())
+        count = int((decision.removed_mask(slots) & ~np.isnan(values) & (values != 0)).sum())
         if count:
             counts[owner] = count
     return counts

@@ -201,24 +201,39 @@ def test_constant_plus_a_non_constant_channel_is_kept():
 
 
 class Shared(nn.Module):
-    """One 1x1 convolution applied to two different tensors."""
+    """One 1x1 convolution applied twice: to the constant channel and to ``second(x, constant)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, second) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.c1 = nn.Conv2d(3, 3, 3, padding=1, bias=False)
         self.bn = bn_relu()
-        self.reader = nn.Conv2d(3, 3, 1)
+        self.reader = nn.Conv2d(3, 2, 1, bias=False)
+        self.reader.weight.data[:, 1, 0, 0] = torch.tensor([2.0, -4.0])
+        self.second = second
 
     def forward(self, x):
-        return self.reader(self.bn(self.c1(x))) + self.reader(x)
+        y = self.c1(x)
+        constant = self.bn(y)
+        return self.reader(constant) + self.reader(self.second(x, y, constant))
 
 
-def test_layer_used_twice_keeps_the_constant():
-    model = Shared().eval()
+@pytest.mark.parametrize("second, why", [(lambda x, y, c: x, "neither zero nor a constant the reader folds"),
+                                         (lambda x, y, c: y, "its calls read different constants")],
+                         ids=["input", "zero"])
+def test_layer_called_with_different_constants_keeps_the_channel(second, why):
+    model = Shared(second).eval()
     run = speedup(model, {"c1": filter_mask(model.c1, 1)})
-    assert model.c1.out_channels == 3
-    assert any("used more than once" in reason for reason in run.summary.kept_by)
+    assert model.c1.out_channels == 3 and model.reader.bias is None
+    (reason,) = run.summary.kept_by
+    assert why in reason
+
+
+def test_layer_called_twice_with_the_same_constant_folds_once():
+    model = Shared(lambda x, y, c: F.relu(c)).eval()  # relu(0.25) = 0.25 in both calls
+    speedup(model, {"c1": filter_mask(model.c1, 1)})
+    assert model.c1.out_channels == 2
+    assert torch.equal(model.reader.bias.data, torch.tensor([0.5, -1.0]))  # each call adds 0.25 * [2, -4]
 
 
 def test_batchnorm_on_batch_statistics_is_not_constant():

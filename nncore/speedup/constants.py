@@ -37,7 +37,7 @@ from nncore.speedup.info import TInfo
 
 Consts = list  # per dimension: float64 vector, NaN where not constant
 
-CASTS = {"contiguous", "clone", "detach", "identity", "requires_grad_", "cpu", "cuda", "to", "type",
+CASTS = {"contiguous", "clone", "detach", "identity", "requires_grad_", "cpu", "cuda", "to", "type", "data", "real",
          "type_as", "float", "half", "double", "bfloat16"}
 DROPOUTS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"}
 UNARY = (KEEP_ZERO | NO_ZERO) - CASTS - DROPOUTS - {"prelu", "stochastic_depth"}

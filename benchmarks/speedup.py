@@ -12,7 +12,7 @@ For each network: masks of nncore's ``L1FilterPruner`` at 50% of every conv's fi
 ``dependency_aware=True`` (coupled convs share one mask; the BatchNorm after each conv follows),
 except the layer that produces the model output. nncore and NNI speed up those masks;
 Torch-Pruning builds its dependency graph and prunes 50% of the channels with its own L1
-criterion on the same network, ignoring the same output layer. ``removed`` is nncore's removed /
+criterion on the same layers (Linear layers and the output layer ignored). ``removed`` is nncore's removed /
 masked filters; ``params`` the parameter count before -> after and the reduction; ``max diff``
 the largest output difference to the masked model, relative to the output's scale (Torch-Pruning
 has no masked model to compare with). Latency: batch 1, 2 threads, median of ``--runs`` runs.
@@ -46,8 +46,8 @@ except ImportError:  # pragma: no cover - counter not there yet
     count_flops_params = None
 
 
-TORCHVISION_MODELS = ("resnet18,resnet50,mobilenet_v2,mobilenet_v3_large,efficientnet_b0,densenet121,"
-                      "regnet_y_400mf,googlenet,squeezenet1_1,shufflenet_v2_x1_0")
+TORCHVISION_MODELS = ("densenet121,efficientnet_b0,squeezenet1_1,regnet_y_400mf,mobilenet_v3_small,googlenet,"
+                      "resnet18,resnet50,mobilenet_v2,shufflenet_v2_x1_0")
 
 
 def builders() -> dict:
@@ -130,11 +130,16 @@ def run_torch_pruning(model, x, ratio):
     except ImportError:
         return None, None
     model = copy.deepcopy(model)
-    classifier = model.get_submodule(output_layer(model))
+    # the same layers as nncore's masks: every conv but the output layer (Linear layers are not pruned)
+    ignored = [model.get_submodule(output_layer(model))] + [m for m in model.modules() if isinstance(m, nn.Linear)]
     start = time.perf_counter()
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, ignored_layers=[classifier])
-    pruner.step()
+    try:
+        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=ratio, ignored_layers=ignored)
+        pruner.step()
+    except Exception as exc:  # Torch-Pruning fails on some models: report, don't stop
+        print(f"  Torch-Pruning failed: {type(exc).__name__}: {exc}")
+        return None, None, None
     return model, time.perf_counter() - start, None
 
 

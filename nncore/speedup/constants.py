@@ -17,10 +17,15 @@ never make a channel look constant:
 * BatchNorm in eval mode with running statistics and PReLU: the per-channel map of the module;
 * element-wise arithmetic (add, mul, maximum, ...): a slab is constant when every operand's slab
   is, with broadcasting;
-* shape ops (view, permute, cat, split, indexing, expand), pooling, resizing, padding and
-  reductions over other dimensions, and depthwise convolutions: the op itself is run once on a
-  probe that holds the known constants and NaN elsewhere (these ops carry a NaN to every output
-  it reaches), and a slab is constant when the probe's output slab holds one finite value.
+* concatenation; max and adaptive pooling, and average pooling that averages real values only
+  (no padding, or ``count_include_pad=False``): a constant channel stays that constant;
+* depthwise convolutions: ``c * sum(w) + b``, unless zero padding shows zeros at the border;
+* other shape ops (view, permute, split, indexing, expand), resizing, padding, other pooling and
+  reductions over other dimensions: the op itself is run once on a probe that holds the known
+  constants and NaN elsewhere (these ops carry a NaN to every output it reaches), and a slab is
+  constant when the probe's output slab holds one finite value.
+
+Each node's constants are cached across the analysis passes of one model (see :func:`track`).
 """
 from __future__ import annotations
 
@@ -54,6 +59,12 @@ POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
     nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.LPPool1d, nn.LPPool2d)
+CHANNEL_POOLS = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "adaptive_avg_pool1d",
+                 "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+                 "adaptive_max_pool3d"}
+CHANNEL_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                        nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+AVG_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -89,11 +100,8 @@ def track(ctx, node: fx.Node, value: Any, info: Any) -> Any:
     key = (tuple(id(ctx.consts.get(a)) for a in node.all_input_nodes), _zero_key(info))
     cached = ctx.cache.get(("consts", node))
     if cached is None or cached[0] != key:
-        try:
-            with torch.no_grad():
-                found = _transfer(ctx, node, value)
-        except Exception:  # an op that does not accept a probe: nothing known but the zeros
-            found = None
+        with torch.no_grad():
+            found = _transfer(ctx, node, value)
         found = _with_zeros(found, value, info)
         cached = ctx.cache[("consts", node)] = (key, found, _new_zeros(info, found))
     ctx.consts[node] = cached[1]
@@ -152,15 +160,15 @@ def known(consts: Any) -> bool:
     return consts is not None and any(bool((~np.isnan(c)).any()) for c in consts)
 
 
-def dense(consts: Consts | None, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+def dense(consts: Consts | None, shape: tuple, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
     """A probe: the known constants where they are, NaN elsewhere."""
-    out = torch.full(shape, float("nan"), dtype=dtype)
+    out = torch.full(shape, float("nan"), dtype=dtype, device=device)
     for d, c in enumerate(consts or []):
         if np.isnan(c).all():
             continue
         view = [1] * len(shape)
         view[d] = shape[d]
-        out = torch.where(torch.isnan(out), torch.as_tensor(c, dtype=dtype).view(view), out)
+        out = torch.where(torch.isnan(out), torch.as_tensor(c, dtype=dtype, device=device).view(view), out)
     return out
 
 
@@ -174,7 +182,7 @@ def extract(tensor: torch.Tensor) -> Consts:
         slabs = tensor.movedim(d, 0).reshape(n, -1)
         first = slabs[:, :1]
         same = (slabs == first).all(dim=1) & torch.isfinite(first[:, 0])
-        out.append(np.where(same.numpy(), first[:, 0].double().numpy(), np.nan))
+        out.append(np.where(same.cpu().numpy(), first[:, 0].double().cpu().numpy(), np.nan))
     return out
 
 
@@ -189,10 +197,32 @@ def global_const(consts: Consts | None, shape: tuple) -> float:
     return float("nan")
 
 
+def device_of(module: nn.Module) -> torch.device | None:
+    """Where a module's parameters live (its probes are made there)."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()), None)
+    return None if tensor is None else tensor.device
+
+
+class _Refused(Exception):
+    """An op that does not accept a probe (nothing is known of its output but the zeros)."""
+
+
+def _run(function, *args, **kwargs) -> Any:
+    """Run an op of the model on probes; ``None`` when the op refuses them."""
+    try:
+        return function(*args, **kwargs)
+    except Exception:
+        return None
+
+
 def _call(node: fx.Node, args: tuple, kwargs: dict) -> Any:
+    """Call the function or method of ``node`` on ``args`` (probes); ``None`` if it refuses them."""
     if node.op == "call_method":
-        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
-    return node.target(*args, **kwargs)
+        method = getattr(args[0], str(node.target), None)
+        return None if method is None else _run(method, *args[1:], **kwargs)
+    return _run(node.target, *args, **kwargs)
 
 
 # -- the ops --------------------------------------------------------------------------------
@@ -222,9 +252,35 @@ def _transfer(ctx, node: fx.Node, value: Any) -> Any:
     if name in UNARY:
         rest, kwargs = tuple(ctx.value(node.args[1:])), ctx.value(node.kwargs)
         return _unary(ctx, node, first, lambda probe: _call(node, (probe,) + rest, kwargs))
+    if name in CHANNEL_POOLS:
+        return _channels_carried(first, value)
     if name in PROBED or name in VIEWS:
         return _probed(ctx, node, value, name)
     return None
+
+
+def _pairs(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def zero_padding(conv: nn.Module) -> bool:
+    """Does the convolution pad its input with zeros?"""
+    if conv.padding_mode != "zeros":
+        return False
+    if isinstance(conv.padding, str):
+        return conv.padding == "same" and any(d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation))
+    return any(int(p) for p in conv.padding)
+
+
+def _channels_carried(first: Consts | None, value: Any) -> Any:
+    """Pooling that keeps batch and channels and only sees real input values in each window
+    (max pooling pads with -inf): a constant channel stays that constant (up to rounding)."""
+    tensor = value[0] if isinstance(value, (tuple, list)) else value
+    if not known(first) or tensor.dim() < 2 or len(first[1]) != tensor.shape[1]:
+        return None
+    out = [unknown(n) for n in tensor.shape]
+    out[1] = first[1]
+    return (out, None) if isinstance(value, (tuple, list)) else out
 
 
 def _tensor_operands(ctx, node: fx.Node) -> int:
@@ -237,7 +293,10 @@ def _module(ctx, node: fx.Node, module: nn.Module, value: Any) -> Any:
     if stock(module, DROPOUT_MODULES):
         return first if not module.training else None
     if stock(module, ELEMENTWISE_MODULES):
-        return _unary(ctx, node, first, module)
+        return _unary(ctx, node, first, module, device_of(module))
+    if stock(module, CHANNEL_POOL_MODULES) or stock(module, AVG_POOL_MODULES) and module.divisor_override is None \
+            and (not module.count_include_pad or not any(_pairs(module.padding))):
+        return _channels_carried(first, value)
     if stock(module, POOL_MODULES) or stock(module, (nn.Flatten, nn.Unflatten)):
         return _probed(ctx, node, value, "module")
     if stock(module, BATCHNORMS):
@@ -251,18 +310,18 @@ def _module(ctx, node: fx.Node, module: nn.Module, value: Any) -> Any:
     return None
 
 
-def _unary(ctx, node: fx.Node, first: Consts | None, function) -> Consts | None:
+def _unary(ctx, node: fx.Node, first: Consts | None, function, device: torch.device | None = None) -> Consts | None:
     """Element-wise ``f``: every constant slab stays constant, with value ``f(c)``."""
     if not known(first) or _tensor_operands(ctx, node) != 1 and node.op != "call_module":
         return None
     dtype = ctx.values[node.args[0]].dtype
     flat = np.concatenate(first)
     keep = ~np.isnan(flat)
-    probe = torch.as_tensor(np.where(keep, flat, 0.0), dtype=dtype)
-    result = function(probe)
+    probe = torch.as_tensor(np.where(keep, flat, 0.0), dtype=dtype, device=device)
+    result = _run(function, probe)
     if not isinstance(result, torch.Tensor) or result.shape != probe.shape or not result.is_floating_point():
         return None
-    mapped = np.where(keep, result.double().numpy(), np.nan)
+    mapped = np.where(keep, result.double().cpu().numpy(), np.nan)
     return np.split(mapped, np.cumsum([len(c) for c in first])[:-1])
 
 
@@ -273,9 +332,12 @@ def _per_channel(first: Consts | None, value: torch.Tensor, module: nn.Module) -
     channels = first[1]
     keep = ~np.isnan(channels)
     shape = [1, len(channels)] + [1] * (value.dim() - 2)
-    probe = torch.as_tensor(np.where(keep, channels, 0.0), dtype=value.dtype).view(shape)
+    probe = torch.as_tensor(np.where(keep, channels, 0.0), dtype=value.dtype, device=device_of(module)).view(shape)
     out = [unknown(n) for n in value.shape]
-    out[1] = np.where(keep, module(probe).reshape(-1).double().numpy(), np.nan)
+    result = _run(module, probe)
+    if not isinstance(result, torch.Tensor) or result.numel() != len(channels):
+        return None
+    out[1] = np.where(keep, result.reshape(-1).double().cpu().numpy(), np.nan)
     return out
 
 
@@ -287,16 +349,19 @@ def _filters(ctx, node: fx.Node, module: nn.Module, value: torch.Tensor) -> Cons
     out = [unknown(n) for n in value.shape]
     if isinstance(module, CONVS) and module.groups == module.in_channels == module.out_channels:
         first = consts_of(ctx, node.args[0])
-        if known(first):
+        if known(first) and len(first) == value.dim():
             weight = module.weight
             mask = ctx.weight_mask(name)
             if mask is not None:
-                weight = weight * mask.to(weight.dtype)
-            probe = dense(first, tuple(ctx.values[node.args[0]].shape), value.dtype)
-            out = extract(module._conv_forward(probe, weight, module.bias))
+                weight = weight * mask.to(device=weight.device, dtype=weight.dtype)
+            # every output sees the constant through the whole kernel, unless zero padding shows zeros
+            taps = weight.detach().double().reshape(len(weight), -1).sum(dim=1).cpu().numpy()
+            bias = 0.0 if module.bias is None else module.bias.detach().double().cpu().numpy()
+            carried = first[1] if not zero_padding(module) else np.where(first[1] == 0, 0.0, np.nan)
+            out[1] = carried * taps + bias
     zero_filters = ctx.filter_zero.get(name)
     if zero_filters is not None and zero_filters.any():
-        bias = np.zeros(len(zero_filters)) if module.bias is None else module.bias.detach().double().numpy()
+        bias = np.zeros(len(zero_filters)) if module.bias is None else module.bias.detach().double().cpu().numpy()
         out[dim] = np.where(zero_filters, bias, out[dim])
     return out
 
@@ -338,6 +403,8 @@ def _binary(ctx, node: fx.Node, value: torch.Tensor) -> Consts | None:
             out.append(unknown(n))
             continue
         result = _call(node, tuple(probes), kwargs)
+        if not isinstance(result, (torch.Tensor, int, float)):
+            return None
         result = torch.as_tensor(result).double().expand(n).numpy()
         out.append(np.where(keep & np.isfinite(result), result, np.nan))
     return out
@@ -348,7 +415,8 @@ def _cat(ctx, parts: list, dim: int, value: torch.Tensor) -> Consts | None:
     slab is constant when it is in every part, with one value."""
     shapes = [tuple(ctx.values[p].shape) if isinstance(p, fx.Node) and _floating(ctx.values.get(p)) else None
               for p in parts]
-    if not _floating(value) or any(shape is None or len(shape) != value.dim() for shape in shapes):
+    if not _floating(value) or not isinstance(dim, int) or any(shape is None or len(shape) != value.dim()
+                                                               for shape in shapes):
         return None
     dim = dim % value.dim()
     consts = [ctx.consts.get(p) or [unknown(n) for n in shape] for p, shape in zip(parts, shapes)]
@@ -367,17 +435,20 @@ def _cat(ctx, parts: list, dim: int, value: torch.Tensor) -> Consts | None:
 
 def _probed(ctx, node: fx.Node, value: Any, name: str) -> Any:
     """Run a shape/pooling/reduction op on NaN-filled probes of its tensor inputs."""
-    if not any(known(consts_of(ctx, a)) if isinstance(a, fx.Node) else
-               any(known(consts_of(ctx, b)) for b in a if isinstance(b, fx.Node)) if isinstance(a, (list, tuple))
-               else False for a in node.args):
-        return None
+    pending = list(node.args) + list(node.kwargs.values())
+    while pending and not (isinstance(pending[-1], fx.Node) and known(ctx.consts.get(pending[-1]))):
+        arg = pending.pop()
+        if isinstance(arg, (list, tuple)):
+            pending.extend(arg)
+    if not pending:
+        return None  # no input holds a known constant
 
     def probe(arg: Any) -> Any:
         if isinstance(arg, fx.Node):
             real = ctx.values.get(arg)
             if isinstance(real, torch.Tensor):
                 if not real.is_floating_point():
-                    raise TypeError("a non-float tensor argument cannot be probed")
+                    raise _Refused(f"{arg.name} is not a float tensor")
                 return dense(ctx.consts.get(arg), tuple(real.shape), real.dtype)
             return ctx.value(arg)
         if isinstance(arg, (list, tuple)):
@@ -386,14 +457,17 @@ def _probed(ctx, node: fx.Node, value: Any, name: str) -> Any:
             return slice(probe(arg.start), probe(arg.stop), probe(arg.step))
         return arg
 
-    args, kwargs = probe(tuple(node.args)), {k: probe(v) for k, v in node.kwargs.items()}
+    try:
+        args, kwargs = probe(tuple(node.args)), {k: probe(v) for k, v in node.kwargs.items()}
+    except _Refused:
+        return None
     if name in VIEWS or (name == "module" and isinstance(ctx.capture.get_submodule(str(node.target)),
                                                          (nn.Flatten, nn.Unflatten))):
-        result = args[0].reshape(value.shape)
+        result = _run(args[0].reshape, value.shape)
     elif name in ("expand", "expand_as", "broadcast_to"):
-        result = args[0].expand(value.shape)
+        result = _run(args[0].expand, value.shape)
     elif name == "module":
-        result = ctx.capture.get_submodule(str(node.target))(*args, **kwargs)
+        result = _run(ctx.capture.get_submodule(str(node.target)), *args, **kwargs)
     else:
         result = _call(node, args, kwargs)
     return _extract_like(result, value)

@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from nncore.speedup.constants import CONVS, consts_of, stock
+from nncore.speedup.constants import CONVS, consts_of, stock, zero_padding
 from nncore.speedup.info import TInfo
 
 
@@ -76,15 +76,6 @@ def _cannot_fold(ctx, name: str, module: nn.Module) -> str | None:
         return ("its zero padding would make a bias fold inexact (border outputs see the padding, not the "
                 "constant)")
     return None
-
-
-def zero_padding(conv: nn.Module) -> bool:
-    """Does the convolution pad its input with zeros?"""
-    if conv.padding_mode != "zeros":
-        return False
-    if isinstance(conv.padding, str):
-        return conv.padding == "same" and any(d * (k - 1) for k, d in zip(conv.kernel_size, conv.dilation))
-    return any(int(p) for p in conv.padding)
 
 
 @torch.no_grad()

@@ -76,10 +76,12 @@ def test_batchnorm_constant_folds_into_a_1x1_convolution_without_bias():
     assert (run.summary.masked_filters, run.summary.kept_filters) == (1, 0)
 
 
-def test_relu_then_batchnorm_constant_adds_to_an_existing_bias():
+@pytest.mark.parametrize("before", [[nn.ReLU()], [nn.MaxPool2d(3, 1, 1), nn.ReLU(), nn.Dropout()]],
+                         ids=["relu", "pool-relu-dropout"])
+def test_relu_then_batchnorm_constant_adds_to_an_existing_bias(before):
     bn = nn.BatchNorm2d(3).eval()
     set_bn(bn, 1, mean=0.5, var=1.0, weight=2.0, bias=0.0)  # relu(0) = 0 -> (0 - 0.5) * 2 = -1
-    model = Reader(nn.Sequential(nn.ReLU(), bn), nn.Conv2d(3, 2, 1)).eval()
+    model = Reader(nn.Sequential(*before, bn), nn.Conv2d(3, 2, 1)).eval()
     model.reader.weight.data[:, 1, 0, 0] = torch.tensor([1.0, 3.0])
     model.reader.bias.data = torch.tensor([0.5, 0.5])
     speedup(model, {"c1": filter_mask(model.c1, 1)})

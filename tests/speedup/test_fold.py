@@ -202,6 +202,33 @@ def test_constant_plus_a_non_constant_channel_is_kept():
     assert model.c1.out_channels == 3 and model.reader.in_channels == 3
 
 
+class TwoBranches(nn.Module):
+    """Two masked branches meet in a residual add, a scale and a concatenation before the reader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.ca = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.cb = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn_a = bn_relu()[0]  # channel 1: 0.25
+        self.bn_b = nn.BatchNorm2d(3).eval()
+        set_bn(self.bn_b, 1, mean=-1.0, var=1.0, weight=1.0, bias=0.0)  # channel 1: 1
+        self.reader = nn.Conv2d(6, 2, 1, bias=False)
+        self.reader.weight.data[:, 1, 0, 0] = torch.tensor([2.0, -4.0])
+
+    def forward(self, x):
+        y = F.relu(self.bn_a(self.ca(x)) + self.bn_b(self.cb(x))) * 2.0  # channel 1: (0.25 + 1) * 2 = 2.5
+        return self.reader(torch.cat([y, x], 1))
+
+
+def test_constants_add_scale_and_concatenate():
+    model = TwoBranches().eval()
+    run = speedup(model, {"ca": filter_mask(model.ca, 1), "cb": filter_mask(model.cb, 1)})
+    assert model.ca.out_channels == model.cb.out_channels == 2 and model.reader.in_channels == 5
+    assert torch.equal(model.reader.bias.data, torch.tensor([5.0, -10.0]))
+    assert (run.summary.masked_filters, run.summary.kept_filters) == (2, 0)
+
+
 class Shared(nn.Module):
     """One 1x1 convolution applied twice: to the constant channel and to ``second(x, constant)``."""
 

@@ -383,8 +383,8 @@ def run_amc(name: str, setup: Setup) -> Row:
     searched = pruner.best["accuracy"]
     train(model, data, setup.finetune_epochs, setup.lr, seed=11)
     channels = ", ".join(f"{n} {kept}/{total}" for n, (kept, total) in pruner.final_channels().items())
-    note = (f"budget {flops_ratio:.2%} of dense FLOPs (uniform l1's); {setup.amc_episodes} episodes ({warmup} warm-up), "
-            f"channel_round 1; kept {channels}; val accuracy before fine-tuning {searched:.1f}%")
+    note = (f"budget {flops_ratio:.2%} of dense FLOPs (uniform l1's); {setup.amc_episodes} episodes "
+            f"({warmup} warm-up), channel_round 1; kept {channels}; val accuracy before fine-tuning {searched:.1f}%")
     return finish(name, pruner, model, data, started, note=note)
 
 

@@ -153,8 +153,11 @@ class ChannelPruningEnv:
     def max_count(self, index: int) -> int:
         """The most channels group ``index`` may keep with every later group at its minimum."""
         later = {i: self.min_counts[i] for i in range(index + 1, len(self.groups))}
-        fits = lambda count: self.channels.flops(self.channels.removed({**self.kept, index: count, **later})) <= self.budget
         allowed = self.allowed[index]
+
+        def fits(count: int) -> bool:
+            return self.channels.flops(self.channels.removed({**self.kept, index: count, **later})) <= self.budget
+
         low, high = 0, len(allowed) - 1  # allowed[low] fits (the invariant); find the last that fits
         while low < high:
             middle = (low + high + 1) // 2
@@ -393,8 +396,8 @@ class AMCPruner(Pruner):
         batches = (to_device(batch_inputs(b), device) for b in islice(self.val_loader, self.n_calibration_batches))
         self.channels.model.eval()
         self.channels.calibrate(batches, self.n_points_per_layer, generator)
-        self.agent = DDPG(self.env.state_size, AgentOptions(**self.agent_hyper, rmsize=self.rmsize * len(self.env.groups)),
-                          seed=self.seed)
+        options = AgentOptions(**self.agent_hyper, rmsize=self.rmsize * len(self.env.groups))
+        self.agent = DDPG(self.env.state_size, options, seed=self.seed)
         self.channels.model.load_state_dict(self.channels.original_state)
         self.original_accuracy = float(self.evaluator(self.val_loader, self.channels.model))
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -432,7 +435,7 @@ class AMCPruner(Pruner):
                 agent.update_policy()
         entry = {"episode": episode, "random": exploring, "accuracy": accuracy, "reward": reward, "flops": flops,
                  "flops_ratio": flops / env.org_flops, "strategy": list(env.strategy),
-                 "kept": {g.members[0]: env.kept[i] for i, g in enumerate(env.groups)}}
+                 "channels": {g.members[0]: env.kept[i] for i, g in enumerate(env.groups)}}
         self.history.append(entry)
         if self.best is None or reward > self.best["reward"]:
             self.best = {**entry, "kept": dict(env.kept)}

@@ -88,7 +88,8 @@ class ReplayMemory:
             index = torch.randperm(stored, generator=generator)[:size]
         else:
             index = torch.randint(stored, (size,), generator=generator)
-        return self.state[index], self.action[index], self.reward[index].clone(), self.next_state[index], self.not_done[index]
+        return (self.state[index], self.action[index], self.reward[index].clone(), self.next_state[index],
+                self.not_done[index])
 
 
 def truncated_normal(mean: float, std: float, low: float, high: float, generator: torch.Generator) -> float:
@@ -169,7 +170,8 @@ class DDPG:
             self.baseline += BASELINE_MOMENTUM * (batch_mean - self.baseline)
         reward -= self.baseline
         with torch.no_grad():
-            target = reward + self.options.discount * not_done * self.critic_target(next_state, self.actor_target(next_state))
+            next_value = self.critic_target(next_state, self.actor_target(next_state))
+            target = reward + self.options.discount * not_done * next_value
         critic_loss = nn.functional.mse_loss(self.critic(state, action), target)
         self.critic_optim.zero_grad()
         critic_loss.backward()

@@ -171,7 +171,8 @@ class ChannelModel:
     def _maskable(self, name: str) -> bool:
         module = self.modules[name]
         layer = isinstance(module, (nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear))
-        return (layer or isinstance(module, MASKABLE_CHANNEL_TYPES)) and channel_weight_rows(module, len(self.out_roots[name]))
+        maskable = layer or isinstance(module, MASKABLE_CHANNEL_TYPES)
+        return maskable and channel_weight_rows(module, len(self.out_roots[name]))
 
     def _candidate_groups(self, selected: Sequence[str]) -> list[tuple[str, ...]]:
         """Selected layers bucketed by identical output classes; a bucket that also holds a layer
@@ -243,7 +244,8 @@ class ChannelModel:
         for name, roots in self.in_roots.items():
             module = self.modules[name]
             plain = isinstance(module, nn.Linear) or (
-                isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros")
+                isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str))
             if plain and prunable[roots].any() and module.weight[0].numel() <= MAX_RECONSTRUCTED_FEATURES:
                 found.append(name)
         return found

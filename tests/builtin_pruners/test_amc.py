@@ -209,9 +209,12 @@ def test_search_end_to_end_masks_the_chosen_channels_within_the_budget(tmp_path)
         assert_filter_structured(mask)
         assert int(mask.flatten(1)[:, 0].sum()) == count
         assert pruner.final_sparsities()[name] == 1 - count / total
-    assert torch.equal(pruner.wrappers["conv1"].weight_mask.flatten(1)[:, 0], pruner.wrappers["conv2"].weight_mask.flatten(1)[:, 0])
-    assert torch.equal(pruner.wrappers["dw"].weight_mask.flatten(1)[:, 0], pruner.wrappers["conv1"].weight_mask.flatten(1)[:, 0])
-    assert torch.equal(pruner.followers["bn4"].weight_mask, pruner.wrappers["pw"].weight_mask.flatten(1)[:, 0])
+    channel_masks = {name: w.weight_mask.flatten(1)[:, 0] for name, w in pruner.wrappers.items()}
+    assert torch.equal(channel_masks["conv1"], channel_masks["conv2"])
+    for follower in ("bn1", "bn2", "bn3"):  # the BatchNorms and the depthwise conv carry the same channels
+        assert torch.equal(pruner.followers[follower].weight_mask, channel_masks["conv1"])
+    assert torch.equal(channel_masks["dw"], channel_masks["conv1"])
+    assert torch.equal(pruner.followers["bn4"].weight_mask, channel_masks["pw"])
     assert pruner.best_strategy == [kept[g.members[0]][0] / kept[g.members[0]][1] for g in pruner.env.groups]
     assert_masks_in_effect(pruner)
     assert evaluator(LOADER, model) == pruner.best["accuracy"]  # the best episode is what the model got
@@ -237,7 +240,8 @@ def test_history_result_and_best_files(tmp_path):
     assert torch.equal(best_masks["conv2"]["weight"], pruner.wrappers["conv2"].weight_mask)
     assert all(torch.equal(best_state[k], v) for k, v in pruner.clean_state_dict().items())
     assert set(torch.load(pruner.output_dir / "agent.pth", weights_only=True)) == {"actor", "critic"}
-    assert amc(make_tiny_cnn(), tmp_path, suffix=None, model_type="tiny", dataset="digits").output_dir.name.endswith("-run2")
+    again = amc(make_tiny_cnn(), tmp_path, suffix=None, model_type="tiny", dataset="digits")
+    assert again.output_dir.name == "tiny_digits_r0.5_search-run2"
 
 
 def test_same_seed_same_search(tmp_path):

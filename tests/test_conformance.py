@@ -75,8 +75,12 @@ def tiny_trainer(model, optimizer, criterion=None, epoch=0, callback=None):
 def amc_arguments(model: nn.Module, tmp_path) -> dict[str, Any]:
     """AMC keeps NNI's ``evaluator(val_loader, model)``; a short search on one batch."""
     loader = [(torch.randn(*INPUT_SHAPE), torch.zeros(INPUT_SHAPE[0], dtype=torch.long))]
-    return {"evaluator": lambda val_loader, m: float(-m(torch.ones(*INPUT_SHAPE)).abs().mean()),
-            "val_loader": loader, "channel_round": 1, "train_episode": 2, "warmup": 1, "output_dir": str(tmp_path),
+
+    def evaluator(val_loader, m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(-m(torch.ones(*INPUT_SHAPE)).abs().mean())
+
+    return {"evaluator": evaluator, "val_loader": loader, "channel_round": 1, "train_episode": 2, "warmup": 1, "output_dir": str(tmp_path),
             "verbose": False}
 
 

@@ -36,8 +36,10 @@ from nncore.utils.counter import count_flops_params
 MAX_RECONSTRUCTED_FEATURES = 4096
 """Layers with more input features (``in_channels * kernel area``) keep their weights (the
 Gram matrix would be too large); their pruned inputs are zeros all the same."""
-MASKABLE_CHANNEL_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
-"""Modules whose per-channel weight and bias are masked along with a group's filters."""
+MASKABLE_CHANNEL_TYPES = (nn.modules.batchnorm._BatchNorm,)
+"""Modules whose per-channel weight and bias are masked along with a group's filters (a norm over
+several channels, such as GroupNorm, would change the kept channels' statistics: not masked, so the
+probe finds such channels not removable)."""
 
 
 @attrs.frozen(eq=False)

@@ -28,12 +28,13 @@ class ConformanceNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(8)
+        self.norm = nn.LayerNorm(8)
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.fc(self.norm(x.mean(dim=(2, 3))))
 
 
 def example_value(spec: dict[str, Any]) -> Any:

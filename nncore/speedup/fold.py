@@ -79,16 +79,17 @@ def _cannot_fold(ctx, name: str, module: nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def fold_into_bias(ctx, owner: str, module: nn.Module, removed: dict, masks: dict) -> int:
+def fold_into_bias(ctx, owner: str, module: nn.Module, removed: dict, masks: dict) -> bool:
     """Before ``module`` is sliced: add the offset of its removed constant inputs to its bias (a
-    new parameter; the old one is left for a rollback). Returns how many inputs were folded."""
+    new parameter; the old one is left for a rollback). Returns whether ``module`` had no bias and
+    got one (a saved model records that, see :mod:`nncore.speedup.persist`)."""
     values = ctx.folds.get(owner)
     gone = removed.get("in")
     if values is None or gone is None:
-        return 0
+        return False
     take = gone & ~np.isnan(values) & (values != 0)
     if not take.any():
-        return 0
+        return False
     weight = module.weight.detach()
     mask = (masks.get(owner) or {}).get("weight")
     if mask is not None:  # the masked model's weights (filter masks may be applied only later)
@@ -103,11 +104,19 @@ def fold_into_bias(ctx, owner: str, module: nn.Module, removed: dict, masks: dic
         groups, cout = module.groups, module.out_channels
         per_input = weight.sum(dim=tuple(range(2, weight.dim()))).reshape(groups, cout // groups, -1)
         offset = (per_input @ constants.reshape(groups, -1, 1)).reshape(cout)
-    bias = module.bias
-    reference = module.weight if bias is None else bias
-    new = offset if bias is None else bias.detach().double() + offset
-    module.bias = nn.Parameter(new.to(reference.dtype), requires_grad=reference.requires_grad)
-    return int(take.sum())
+    added = module.bias is None
+    if added:
+        add_zero_bias(module)
+    module.bias = nn.Parameter((module.bias.detach().double() + offset).to(module.bias.dtype),
+                               requires_grad=module.bias.requires_grad)
+    return added
+
+
+def add_zero_bias(module: nn.Module) -> None:
+    """Give a convolution or linear layer without bias a zero bias (as trainable as its weight)."""
+    weight = module.weight
+    module.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device),
+                               requires_grad=weight.requires_grad)
 
 
 def folded_counts(ctx, decision) -> dict[str, int]:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nncore.errors import SpeedupError
-from nncore.speedup import LinearRule, ModelSpeedup, register_shrink_rule, unregister_shrink_rule
+from nncore.speedup import (LinearRule, ModelSpeedup, load_pruned, register_shrink_rule, save_pruned,
+                            unregister_shrink_rule)
 from tests.speedup.speedup_helpers import assert_same_function, masked_copy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -290,3 +291,20 @@ def test_a_failure_after_a_fold_restores_the_bias():
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
+
+
+def test_a_folded_bias_comes_back_with_load_pruned(tmp_path):
+    from tests.speedup.models import DenseNetish
+    from tests.speedup.speedup_helpers import filter_masks, last_linear, randomize_bn
+
+    torch.manual_seed(0)
+    model = randomize_bn(DenseNetish())
+    dummy = torch.randn(2, 3, 8, 8)
+    masks = filter_masks(model, dummy, 0.5, skip=(last_linear(model),))
+    speedup(model, masks, (2, 3, 8, 8))
+    assert model.layers[2].conv1.bias is not None  # bias=False in the architecture: added by a fold
+    save_pruned(model, tmp_path / "densenet.pt")
+    fresh = load_pruned(DenseNetish(), tmp_path / "densenet.pt").eval()
+    assert torch.equal(fresh.layers[2].conv1.bias, model.layers[2].conv1.bias)
+    x = torch.randn(3, 3, 8, 8)
+    assert torch.equal(fresh(x), model(x))

@@ -55,10 +55,8 @@ ELEMENTWISE_MODULES = (
     nn.Hardtanh, nn.Identity, nn.Softshrink, nn.Hardshrink, nn.Tanhshrink, nn.Sigmoid, nn.Hardsigmoid,
     nn.Softplus, nn.LogSigmoid)
 DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.LPPool1d, nn.LPPool2d)
+PROBED_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+                  nn.UpsamplingBilinear2d, nn.LPPool1d, nn.LPPool2d, nn.Flatten, nn.Unflatten)
 CHANNEL_POOLS = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "adaptive_avg_pool1d",
                  "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
                  "adaptive_max_pool3d"}
@@ -297,7 +295,7 @@ def _module(ctx, node: fx.Node, module: nn.Module, value: Any) -> Any:
     if stock(module, CHANNEL_POOL_MODULES) or stock(module, AVG_POOL_MODULES) and module.divisor_override is None \
             and (not module.count_include_pad or not any(_pairs(module.padding))):
         return _channels_carried(first, value)
-    if stock(module, POOL_MODULES) or stock(module, (nn.Flatten, nn.Unflatten)):
+    if stock(module, PROBED_MODULES):
         return _probed(ctx, node, value, "module")
     if stock(module, BATCHNORMS):
         if module.training or not module.track_running_stats or module.running_mean is None:

@@ -37,14 +37,14 @@ def channel_mask_from_importance(importance: torch.Tensor, sparsity: float, grou
     """A 0/1 vector that prunes the least important channels.
 
     The channels are split into ``groups`` equal, consecutive groups and each group loses
-    ``round(sparsity * group_size)`` channels (at least one channel per group is kept), so
+    ``int(sparsity * group_size)`` channels (rounded down, as NNI) (at least one channel per group is kept), so
     every group keeps the same number of channels. Ties go to the lower index (stable sort).
     """
     count = importance.numel()
     if groups < 1 or count % groups:
         groups = 1
     group_size = count // groups
-    pruned_per_group = min(round(sparsity * group_size), group_size - 1)
+    pruned_per_group = min(int(sparsity * group_size), group_size - 1)
     mask = torch.ones(count, dtype=importance.dtype, device=importance.device)
     if pruned_per_group <= 0:
         return mask
@@ -73,7 +73,7 @@ class FilterPruner(Pruner):
     """Base of the filter pruners (Conv1d / Conv2d): prunes whole output channels per layer.
 
     ``config_list`` keys: ``sparsity`` (fraction of each layer's filters to prune; each layer
-    loses ``round(sparsity * filters)`` filters and keeps at least one).
+    loses ``int(sparsity * filters)`` filters, rounded down as NNI does, and keeps at least one).
 
     :param model: the model to prune.
     :param config_list: e.g. ``[{"sparsity": 0.5, "op_types": ["Conv2d"]}]``.

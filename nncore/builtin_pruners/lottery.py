@@ -23,8 +23,8 @@ def lottery_sparsity(final_sparsity: float, prune_iterations: int, round_index: 
 
 
 def nested_magnitude_mask(weight: torch.Tensor, current_mask: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune ``round(sparsity * numel)`` weights: the already pruned ones first, then the smallest ``|w|``."""
-    count = round(sparsity * weight.numel())
+    """Prune ``int(sparsity * numel)`` weights: the already pruned ones first, then the smallest ``|w|``."""
+    count = int(sparsity * weight.numel())
     mask = torch.ones_like(weight)
     if count > 0:
         score = torch.where(current_mask.bool(), weight.detach().abs(), torch.full_like(weight, -1.0))

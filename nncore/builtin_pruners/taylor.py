@@ -1,6 +1,7 @@
 """TaylorFOWeightFilterPruner: first-order Taylor importance of filters (Molchanov et al., 2019).
 
-A filter's importance is ``(sum over the filter of w * dL/dw) ** 2``, summed over the first
+A filter's importance is ``sum over the filter of (w * dL/dw) ** 2`` (the seed's formula and
+NNI's code), summed over the first
 ``statistics_batch_num`` optimizer steps after ``compress()``: the gradients are read just
 before each ``optimizer.step()``. The masks stay all-ones until then and are computed right
 after the last of those steps.
@@ -19,8 +20,8 @@ from nncore.wrapper import ModuleWrapper
 
 
 def taylor_contribution(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Per-filter ``(sum of w * dL/dw) ** 2`` of one conv weight and its gradient."""
-    return (weight.detach() * grad.detach()).flatten(1).sum(dim=1).pow(2)
+    """Per-filter ``sum of (w * dL/dw) ** 2`` of one weight and its gradient (filters on dim 0)."""
+    return (weight.detach() * grad.detach()).pow(2).flatten(1).sum(dim=1)
 
 
 class TaylorFOWeightFilterPruner(FilterPruner):

@@ -1,5 +1,10 @@
 """The base of every filter (output-channel) pruner: channel masks from an importance vector.
 
+Filters are the output channels of ``Conv1d`` / ``Conv2d`` and the output neurons of ``Linear``
+(rows of its weight) and of Hugging Face's ``Conv1D`` (columns of its weight, stored as
+``(in_features, out_features)``; recognised by class name, transformers is not needed), each
+with its bias entry, as NNI 2.x's norm pruners prune them.
+
 A subclass says how important each filter of a layer is (:meth:`FilterPruner.filter_importance`,
 higher keeps); the base turns that into channel masks and makes them *complete*: a pruned
 filter's weight and bias are masked and so is the matching channel of the BatchNorm that
@@ -23,6 +28,28 @@ from nncore.utils.batchnorm import find_following_batchnorms
 from nncore.wrapper import ModuleWrapper
 
 CONV_OP_TYPES: tuple[str, ...] = ("Conv1d", "Conv2d")
+FILTER_OP_TYPES: tuple[str, ...] = CONV_OP_TYPES + ("Linear", "Conv1D")
+"""What the filter pruners accept; ``'default'`` selects the convolutions only, as in NNI."""
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is Hugging Face's ``Conv1D``: a linear layer whose weight is stored
+    ``(in_features, out_features)`` (recognised by class name and ``nf``, without importing it)."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
+            and getattr(module, "nf", weight.shape[1]) == weight.shape[1])
+
+
+def filter_view(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A weight-shaped ``tensor`` of ``module`` (weight, gradient, mask) with the filters
+    (output channels / neurons) on dim 0: the transpose for HF ``Conv1D``, else as is."""
+    return tensor.t() if is_hf_conv1d(module) else tensor
+
+
+def output_channel_dim(module: nn.Module) -> int:
+    """The dimension of ``module``'s output that holds its filters: 1 for convolutions, -1 for
+    linear layers (``Linear``, HF ``Conv1D``), whose features are the last dimension."""
+    return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
 
 
 def check_batch_num(statistics_batch_num: Any) -> None:
@@ -56,9 +83,9 @@ def channel_mask_from_importance(importance: torch.Tensor, sparsity: float, grou
 
 def filter_masks(module: nn.Module, channel_mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
     """Weight and bias masks of ``module`` that keep exactly the output channels in ``channel_mask``."""
-    weight = module.weight
+    weight = filter_view(module, module.weight)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    weight_mask = channel_mask.to(weight.dtype).view(shape).expand_as(weight).clone()
+    weight_mask = filter_view(module, channel_mask.to(weight.dtype).view(shape).expand_as(weight)).contiguous().clone()
     bias = getattr(module, "bias", None)
     bias_mask = channel_mask.to(bias.dtype).clone() if isinstance(bias, torch.Tensor) else None
     return {"weight_mask": weight_mask, "bias_mask": bias_mask}
@@ -66,17 +93,20 @@ def filter_masks(module: nn.Module, channel_mask: torch.Tensor) -> dict[str, tor
 
 def kept_channels(wrapper: ModuleWrapper) -> torch.Tensor:
     """The output channels of a wrapped layer that its weight mask keeps (any weight kept)."""
-    return (wrapper.weight_mask.flatten(1) != 0).any(dim=1).to(wrapper.weight_mask.dtype)
+    return (filter_view(wrapper.module, wrapper.weight_mask).flatten(1) != 0).any(dim=1).to(wrapper.weight_mask.dtype)
 
 
 class FilterPruner(Pruner):
-    """Base of the filter pruners (Conv1d / Conv2d): prunes whole output channels per layer.
+    """Base of the filter pruners: prunes whole output channels of ``Conv1d`` / ``Conv2d`` and
+    whole output neurons of ``Linear`` / HF ``Conv1D`` layers (``'default'``: the convolutions).
 
     ``config_list`` keys: ``sparsity`` (fraction of each layer's filters to prune; each layer
     loses ``int(sparsity * filters)`` filters, rounded down as NNI does, and keeps at least one).
 
     :param model: the model to prune.
     :param config_list: e.g. ``[{"sparsity": 0.5, "op_types": ["Conv2d"]}]``.
+    :param optimizer: the training optimizer (NNI's third positional argument; see
+        :class:`~nncore.compressor.Pruner`).
     :param dependency_aware: give convolutions whose channels are coupled (their outputs meet
         in an add, or a grouped/depthwise convolution ties them; found by
         :class:`nncore.utils.dependency.ChannelDependency`) one shared channel mask, chosen by
@@ -96,12 +126,13 @@ class FilterPruner(Pruner):
         "required": ["sparsity"],
     }
     default_op_types: ClassVar[tuple[str, ...]] = CONV_OP_TYPES
-    supported_op_types: ClassVar[tuple[str, ...] | None] = CONV_OP_TYPES
+    supported_op_types: ClassVar[tuple[str, ...] | None] = FILTER_OP_TYPES
 
     def __init__(
         self,
         model: nn.Module,
         config_list: Sequence[dict[str, Any]],
+        optimizer: torch.optim.Optimizer | None = None,
         dependency_aware: bool = False,
         dummy_input: Any = None,
         *,
@@ -115,7 +146,7 @@ class FilterPruner(Pruner):
             )
         self.dependency_aware = bool(dependency_aware)
         self.dummy_input = dummy_input
-        super().__init__(model, config_list, plugins=plugins)
+        super().__init__(model, config_list, optimizer, plugins=plugins)
         self.channel_groups: dict[str, tuple[str, ...]] = {}
         self.group_counts: dict[str, int] = {}
         if self.dependency_aware:
@@ -158,7 +189,7 @@ class FilterPruner(Pruner):
         members = self.channel_groups.get(wrapper.name, (wrapper.name,)) if self.dependency_aware else (wrapper.name,)
         members = tuple(name for name in members if name in self.wrappers) or (wrapper.name,)
         importances = [self.filter_importance(self.wrappers[name]) for name in members]
-        out_channels = wrapper.module.weight.shape[0]
+        out_channels = filter_view(wrapper.module, wrapper.module.weight).shape[0]
         if any(importance is None for importance in importances):
             return torch.ones(out_channels, dtype=wrapper.module.weight.dtype, device=wrapper.module.weight.device)
         if len(members) > 1:

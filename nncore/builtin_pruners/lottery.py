@@ -87,10 +87,9 @@ class LotteryTicketPruner(Pruner):
                 f"lr_scheduler: must have state_dict()/load_state_dict(), got {type(lr_scheduler).__name__}",
                 header="invalid argument",
             )
-        self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.reset_weights = reset_weights
-        super().__init__(model, config_list, plugins=plugins)
+        super().__init__(model, config_list, optimizer, plugins=plugins)
         self.prune_iterations: int = self.layer_configs[0]["prune_iterations"] if self.layer_configs else 1
         self.curr_prune_iteration: int | None = None
         self._initial_state: dict[str, Any] = {}

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from nncore.builtin_pruners.filter_base import FilterPruner, check_batch_num
+from nncore.builtin_pruners.filter_base import FilterPruner, check_batch_num, filter_view
 from nncore.errors import ConfigError
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
@@ -59,18 +59,17 @@ class TaylorFOWeightFilterPruner(FilterPruner):
                 header="invalid argument",
             )
         check_batch_num(statistics_batch_num)
-        self.optimizer = optimizer
         self.statistics_batch_num = statistics_batch_num
         self.steps_seen = 0
         self.contributions: dict[str, torch.Tensor] = {}
         self.statistics_ready = False
-        super().__init__(model, config_list, dependency_aware, dummy_input, plugins=plugins)
+        super().__init__(model, config_list, optimizer, dependency_aware, dummy_input, plugins=plugins)
         self._step_handles: list[Any] = []
 
     def filter_importance(self, wrapper: ModuleWrapper) -> torch.Tensor | None:
         if not self.statistics_ready:
             return None
-        return self.contributions.get(wrapper.name, torch.zeros(wrapper.module.weight.shape[0]))
+        return self.contributions.get(wrapper.name, torch.zeros(filter_view(wrapper.module, wrapper.module.weight).shape[0]))
 
     def after_wrap(self) -> None:
         super().after_wrap()
@@ -84,7 +83,8 @@ class TaylorFOWeightFilterPruner(FilterPruner):
         for name, wrapper in self.wrappers.items():
             weight = wrapper.module.weight
             if weight.grad is not None:
-                contribution = taylor_contribution(weight, weight.grad).cpu()
+                module = wrapper.module
+                contribution = taylor_contribution(filter_view(module, weight), filter_view(module, weight.grad)).cpu()
                 self.contributions[name] = self.contributions.get(name, 0) + contribution
         self.steps_seen += 1
 

@@ -25,25 +25,12 @@ from nncore.config import FRACTION
 from nncore.errors import ConfigError, NncoreError
 from nncore.hookspecs import hookimpl
 from nncore.utils.batchnorm import find_following_batchnorms
+from nncore.utils.layers import filter_view
 from nncore.wrapper import ModuleWrapper
 
 CONV_OP_TYPES: tuple[str, ...] = ("Conv1d", "Conv2d")
 FILTER_OP_TYPES: tuple[str, ...] = CONV_OP_TYPES + ("Linear", "Conv1D")
 """What the filter pruners accept; ``'default'`` selects the convolutions only, as in NNI."""
-
-
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """Whether ``module`` is Hugging Face's ``Conv1D``: a linear layer whose weight is stored
-    ``(in_features, out_features)`` (recognised by class name and ``nf``, without importing it)."""
-    weight = getattr(module, "weight", None)
-    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
-            and getattr(module, "nf", weight.shape[1]) == weight.shape[1])
-
-
-def filter_view(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-    """A weight-shaped ``tensor`` of ``module`` (weight, gradient, mask) with the filters
-    (output channels / neurons) on dim 0: the transpose for HF ``Conv1D``, else as is."""
-    return tensor.t() if is_hf_conv1d(module) else tensor
 
 
 def output_channel_dim(module: nn.Module) -> int:
@@ -107,12 +94,13 @@ class FilterPruner(Pruner):
     :param config_list: e.g. ``[{"sparsity": 0.5, "op_types": ["Conv2d"]}]``.
     :param optimizer: the training optimizer (NNI's third positional argument; see
         :class:`~nncore.compressor.Pruner`).
-    :param dependency_aware: give convolutions whose channels are coupled (their outputs meet
-        in an add, or a grouped/depthwise convolution ties them; found by
-        :class:`nncore.utils.dependency.ChannelDependency`) one shared channel mask, chosen by
-        their summed importance at the smallest sparsity configured in the set, so speedup can
-        really remove those channels; a conv feeding a grouped conv loses the same number of
-        channels in every group (:class:`nncore.utils.dependency.GroupDependency`).
+    :param dependency_aware: give layers whose channels are coupled (their outputs meet in an
+        add, or a depthwise convolution or element-wise product ties them; the sets of
+        ``ChannelDependency(..., depthwise=True)``) one shared channel mask, chosen by their
+        summed importance at the smallest sparsity configured in the set, so speedup can really
+        remove those channels; a conv feeding a grouped conv loses the same number of channels
+        in every group. (NNI couples only adds and makes depthwise convolutions a group
+        constraint, which forbids pruning the conv before them.)
     :param dummy_input: an input of the model (tensor, tuple of positional inputs or dict of
         keyword inputs); required with ``dependency_aware=True``, and used to find the
         BatchNorm after each convolution (without it the model is traced with ``torch.fx``, or,
@@ -269,12 +257,13 @@ class FilterPruner(Pruner):
     # -- dependency-aware mode ------------------------------------------------------------------
 
     def _analyse_dependencies(self) -> None:
-        from nncore.utils.dependency import ChannelDependency, GroupDependency
+        from nncore.speedup.analysis import Analysis, coupled_sets
+        from nncore.utils.dependency import grouped_counts
 
         configured = {config.name for config in self.layer_configs}
-        channels = ChannelDependency(self.bound_model, self.dummy_input)
-        for dependency_set in channels.dependency_sets:
+        analysis = Analysis(self.bound_model, self.dummy_input)
+        for dependency_set in coupled_sets(analysis):
             members = tuple(sorted(name for name in dependency_set if name in configured))
             for name in members:
                 self.channel_groups[name] = members
-        self.group_counts = dict(GroupDependency(self.bound_model, self.dummy_input, analysis=channels.analysis).dependency)
+        self.group_counts = grouped_counts(analysis)

@@ -5,7 +5,8 @@ from typing import ClassVar
 
 import torch
 
-from nncore.builtin_pruners.filter_base import FilterPruner, filter_view
+from nncore.builtin_pruners.filter_base import FilterPruner
+from nncore.utils.layers import filter_view
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from nncore.artifacts import copy_state_dict, keep_metadata
 from nncore.compressor import Pruner
 from nncore.config import FRACTION
 from nncore.config.schema import same_value_errors
@@ -108,8 +109,9 @@ class LotteryTicketPruner(Pruner):
     def compress(self) -> nn.Module:
         """Wrap the layers (no weight pruned yet) and snapshot weights, optimizer and scheduler."""
         model = super().compress()
+        state = copy_state_dict(model)
         self._initial_state = {
-            "model": {k: v.detach().clone() for k, v in model.state_dict().items() if not _is_mask(k)},
+            "model": keep_metadata({k: v for k, v in state.items() if not _is_mask(k)}, state),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None,
             "lr_scheduler": copy.deepcopy(self.lr_scheduler.state_dict()) if self.lr_scheduler is not None else None,
         }

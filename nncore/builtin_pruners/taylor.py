@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from nncore.builtin_pruners.filter_base import FilterPruner, check_batch_num, filter_view
+from nncore.builtin_pruners.filter_base import FilterPruner, check_batch_num
+from nncore.utils.layers import filter_view
 from nncore.errors import ConfigError
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper

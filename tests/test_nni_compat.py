@@ -225,3 +225,11 @@ def test_load_model_state_dict_takes_the_exported_weights_and_keeps_the_masks(tm
     with pytest.raises(RuntimeError, match='Missing key.*"fc.bias"'):
         other_pruner.load_model_state_dict(incomplete)
     assert other.conv is other_pruner.wrappers["conv"]
+
+
+def test_agp_records_the_dummy_input_of_its_algorithm(tmp_path):
+    pruner = AGPPruner(make_tiny_cnn(), [{"final_sparsity": 0.5, "end_epoch": 2, "op_types": ["Conv2d"]}], None, "l1",
+                       algorithm_options={"dependency_aware": True, "dummy_input": torch.randn(1, 1, 6, 6)})
+    pruner.compress()
+    pruner.export_model(str(tmp_path / "m.pth"), str(tmp_path / "mask.pth"))
+    assert read_mask_file(tmp_path / "mask.pth")[1] == {"dummy_input": {"shape": [1, 1, 6, 6], "dtype": "float32"}}

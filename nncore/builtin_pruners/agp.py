@@ -89,6 +89,7 @@ class AGPPruner(Pruner):
             options["optimizer"] = optimizer
         self.epoch = 0
         self.algorithm: Pruner = algorithm_class(model, self._algorithm_config_list(), **options)
+        self.dummy_input = getattr(self.algorithm, "dummy_input", None)  # recorded in the mask file by export_model
 
     def _algorithm_config_list(self) -> list[dict[str, Any]]:
         selection_keys = ("op_types", "op_names", "exclude")

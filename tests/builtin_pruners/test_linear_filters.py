@@ -124,3 +124,28 @@ def test_bert_ffn_neurons_as_in_the_issue():
         pruned = wrapper.bias_mask.eq(0).nonzero().flatten()
         assert sorted(pruned.tolist()) == sorted(norms.argsort()[:4].tolist())
     assert bert(torch.randint(0, 30, (1, 5))).last_hidden_state.shape == (1, 5, 16)
+
+
+def test_gpt2_ffn_neurons_shrink_through_the_mask_file_alone(tmp_path):
+    from nncore.speedup import apply_compression_results
+
+    config = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=16)
+
+    def build():
+        torch.manual_seed(0)
+        return transformers.GPT2Model(config).eval()
+
+    model, ids = build(), torch.randint(0, 50, (1, 6))
+    names = [f"h.{i}.mlp.c_fc" for i in range(2)]
+    pruner = L1FilterPruner(model, [{"sparsity": 0.5, "op_types": ["Conv1D"], "op_names": names}], None, True, ids)
+    pruner.compress()
+    pruner.export_model(str(tmp_path / "model.pth"), str(tmp_path / "mask.pth"))  # records int64 (1, 6) input_ids
+    with torch.no_grad():
+        expected = model(ids).last_hidden_state
+    fresh = build()
+    fresh.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True))
+    apply_compression_results(fresh, str(tmp_path / "mask.pth"))
+    assert [fresh.h[i].mlp.c_fc.weight.shape for i in range(2)] == [(16, 32)] * 2
+    assert [fresh.h[i].mlp.c_proj.weight.shape for i in range(2)] == [(32, 16)] * 2
+    with torch.no_grad():
+        assert torch.allclose(fresh(ids).last_hidden_state, expected, atol=1e-5)

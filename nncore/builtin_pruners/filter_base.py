@@ -51,8 +51,8 @@ def channel_mask_from_importance(importance: torch.Tensor, sparsity: float, grou
     """A 0/1 vector that prunes the least important channels.
 
     The channels are split into ``groups`` equal, consecutive groups and each group loses
-    ``int(sparsity * group_size)`` channels (rounded down, as NNI) (at least one channel per group is kept), so
-    every group keeps the same number of channels. Ties go to the lower index (stable sort).
+    ``int(sparsity * group_size)`` channels, rounded down as NNI does (at least one channel per
+    group is kept), so every group keeps the same number of channels. Ties go to the lower index (stable sort).
     """
     count = importance.numel()
     if groups < 1 or count % groups:

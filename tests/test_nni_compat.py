@@ -17,7 +17,7 @@ from nncore.builtin_pruners import (
 )
 from nncore.builtin_quantizers import BNNQuantizer, DoReFaQuantizer, NaiveQuantizer, QAT_Quantizer
 from nncore.errors import ArtifactError, ConfigError
-from nncore.speedup import apply_compression_results
+from nncore.speedup import ModelSpeedup, apply_compression_results
 from nncore.utils import ChannelDependency, GroupDependency, SensitivityAnalysis, fix_mask_conflict
 from tests.conftest import assert_untouched, make_tiny_cnn, snapshot
 
@@ -51,6 +51,7 @@ NNI_1_9 = {  # positional parameters in NNI 1.9's source (src/sdk/pynni/nni/comp
     GroupDependency: ("model", "dummy_input", "traced_model"),
     fix_mask_conflict: ("masks", "model", "dummy_input", "traced"),
     apply_compression_results: ("model", "masks_file", "map_location"),
+    ModelSpeedup: ("model", "dummy_input", "masks_file", "map_location"),
 }
 
 

@@ -65,7 +65,9 @@ class ModelSpeedup:
 
     :param model: the model the masks were computed for (it is only changed on success)
     :param dummy_input: a tensor, a tuple of positional inputs, or a dict of keyword inputs
-    :param masks_file_or_dict: a mask file written by ``export_model`` or the mask dict itself
+    :param masks_file: a mask file written by ``export_model`` or the mask dict itself
+    :param map_location: where to load the mask file's tensors (NNI's fourth argument; masks are
+        moved to each parameter's device anyway)
     :param strict: raise :class:`~nncore.errors.SpeedupError` when an op the engine does not
         understand blocks channels the masks pruned, instead of keeping them
     :param verify: also run the masked model and the shrunk one on ``dummy_input`` and raise
@@ -80,13 +82,13 @@ class ModelSpeedup:
     ``state_dict``). :attr:`summary` lists what was shrunk and why pruned channels were kept.
     """
 
-    def __init__(self, model: nn.Module, dummy_input: Any, masks_file_or_dict: str | os.PathLike | MaskDict,
-                 strict: bool = False, verify: bool = False) -> None:
+    def __init__(self, model: nn.Module, dummy_input: Any, masks_file: str | os.PathLike | MaskDict,
+                 map_location: Any = None, *, strict: bool = False, verify: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise SpeedupError(f"ModelSpeedup: model must be an nn.Module, got {type(model).__name__}")
         self.model = model
         self.dummy_input = dummy_input
-        self.masks = read_masks(model, masks_file_or_dict)
+        self.masks = read_masks(model, masks_file, map_location)
         self.strict = strict
         self.verify = verify
         self.summary: SpeedupSummary | None = None

@@ -140,7 +140,12 @@ class ModelSpeedup:
                 kept_by[CONSTANT_REASON] = kept_filters
             notes.append(f"{kept_filters} of {masked_filters} masked filters kept (reasons above)")
         if capture.unvisited:
-            notes.append("modules that no captured forward ran keep their channels: " + ", ".join(capture.unvisited))
+            unvisited = (f"modules {', '.join(capture.unvisited)} never ran on dummy_input"
+                         + (f" (in training mode the model failed: {capture.training_error})" if capture.training_error
+                            else "") + "; they are not shrunk and may no longer fit their inputs: give a dummy_input "
+                         "on which they run (the training input size)")
+            notes.append(unvisited)
+            warnings.warn(unvisited, UserWarning, stacklevel=3)
         if kept_by:
             warnings.warn(("speedup removed nothing: " if not decision.removed else "speedup kept pruned channels: ")
                           + "; ".join(f"{reason} ({count})" for reason, count in kept_by.items()),

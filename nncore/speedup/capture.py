@@ -69,6 +69,7 @@ class Capture:
     :ivar graph_module: the fx ``GraphModule`` (fx only): it can replace the model's forward
     :ivar output: the model's output on the dummy input (real tensors)
     :ivar unvisited: modules with parameters that no captured forward ran
+    :ivar training_error: why the training-mode recording failed on the dummy input (if it did)
     """
 
     graphs: list
@@ -78,6 +79,7 @@ class Capture:
     output: Any = None
     graph_module: fx.GraphModule | None = None
     unvisited: tuple = ()
+    training_error: str | None = None
 
     def nodes(self):
         """Every node of every graph, in order."""
@@ -106,22 +108,29 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
         visited = recorder.visited
     unvisited = _unvisited(model, visited)
     if unvisited:
-        with _training_branches(model):
-            recorder = _Recorder(model, is_leaf)
-            recorder.record(args, kwargs)
-        result.graphs.append(recorder.graph)
-        result.values.update(recorder.values)
-        unvisited = _unvisited(model, visited | recorder.visited)
+        recorder = _Recorder(model, is_leaf)
+        try:
+            with _training_branches(model):
+                recorder.record(args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - the model's own training-mode code failed on dummy_input
+            result.training_error = f"{type(exc).__name__}: {exc}"
+        else:
+            result.graphs.append(recorder.graph)
+            result.values.update(recorder.values)
+            unvisited = _unvisited(model, visited | recorder.visited)
     result.unvisited = tuple(unvisited)
     return result
 
 
 def _fx_visited(gm: fx.GraphModule) -> set[str]:
+    """Modules the graph runs or reads from (a unit's own submodules included)."""
     names = set()
     for node in gm.graph.nodes:
         if node.op in ("call_module", "get_attr"):
             parts = str(node.target).split(".")
             names.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+        if node.op == "call_module":
+            names.update(name for name, _ in gm.get_submodule(str(node.target)).named_modules(prefix=str(node.target)))
     return names
 
 
@@ -213,6 +222,8 @@ class _Recorder(TorchFunctionMode):
             self.visited.add(name)
             self.stack.append(name)
             if self.leaf_depth or (name and self.is_leaf(module)):
+                if not self.leaf_depth:  # a unit: its own submodules count as run
+                    self.visited.update(inner for inner, _ in module.named_modules(prefix=name))
                 self.leaf_depth += 1
         return hook
 

@@ -15,8 +15,8 @@ Torch-Pruning, set up as its HF BERT example: ``MetaPruner`` with ``num_heads`` 
 head-count attribute fix. Both tools trace the same example input (``--trace-length`` tokens) and run in
 this process, alternated ``--repeats`` times on fresh copies of one model; the table gives the median
 seconds. Latency: batch 1, sequence 128, ``--threads`` threads, dense / nncore / Torch-Pruning interleaved
-run by run (the order rotating), median per repeat; the gain is dense median / pruned median, and the
-summary row is the median over repeats.
+round by round (the order rotating); the gain is the median over rounds of the dense time divided by the
+pruned time of the same round, per repeat and over all rounds.
 
 ``llama``: a 1.1B-parameter Llama shape (22 layers, hidden 2048, 32 heads / 4 KV heads, FFN 5632,
 vocab 32000). MLP 50% (gate/up/down neurons of every layer) and hidden size 25%. Each tool runs in its own
@@ -202,9 +202,10 @@ def torch_pruning_bert(model: nn.Module, inputs: dict) -> dict:
     return {"seconds": end - start, "graph_s": graph - start, "step_s": end - graph}
 
 
-def interleaved_latency_ms(models: list[nn.Module], inputs: dict, runs: int) -> list[float]:
-    """Median latency of each model. The models run in turn, so that load drift hits all alike, and
-    the order rotates from run to run (the model run right after the dense one is otherwise slower)."""
+def interleaved_latency_ms(models: list[nn.Module], inputs: dict, runs: int) -> list[list[float]]:
+    """Milliseconds of each run of each model. The models run in turn, round by round, so that load drift
+    hits all alike, and the order rotates from round to round (the model run right after the dense one
+    is otherwise slower)."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for model in models:
@@ -215,7 +216,12 @@ def interleaved_latency_ms(models: list[nn.Module], inputs: dict, runs: int) -> 
                 start = time.perf_counter()
                 models[index](**inputs)
                 times[index].append((time.perf_counter() - start) * 1000)
-    return [statistics.median(bucket) for bucket in times]
+    return times
+
+
+def paired_gain(dense: list[float], pruned: list[float]) -> float:
+    """Median over rounds of dense time / pruned time, each ratio taken within one round."""
+    return statistics.median(d / p for d, p in zip(dense, pruned))
 
 
 def run_bert(args: argparse.Namespace) -> None:
@@ -262,21 +268,27 @@ def run_bert(args: argparse.Namespace) -> None:
           f"{count_params(pruned['nncore']):,} | {max(differences):.1e} |")
     print(f"| torch-pruning | {t['seconds']:.2f} | graph {t['graph_s']:.2f} + step {t['step_s']:.2f} | {before:,} | "
           f"{count_params(pruned['torch-pruning']):,} | - |")
-    ratios = ", ".join(f"{a['seconds'] / b['seconds']:.2f}" for a, b in zip(*results.values()))
-    print(f"\nnncore time / torch-pruning time: {n['seconds'] / t['seconds']:.2f} (per repeat: {ratios})")
+    ratios = [a["seconds"] / b["seconds"] for a, b in zip(*results.values())]
+    print(f"\nnncore time / torch-pruning time, median of the per-repeat ratios: {statistics.median(ratios):.2f} "
+          f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)})")
     if stages:
         print_stages(stages[-len(stages) // args.repeats:])
     x = bert_inputs(128, seed=0)
     print(f"\nCPU latency, batch 1, sequence 128, {args.runs} interleaved runs per repeat; {load_average()}\n")
     print("| repeat | dense ms | nncore ms | torch-pruning ms | nncore gain | torch-pruning gain |")
     print("|---|---:|---:|---:|---:|---:|")
-    gains = []
+    pooled: list[list[float]] = [[], [], []]
     for repeat in range(args.repeats):
-        base, ours, theirs = interleaved_latency_ms([dense, pruned["nncore"], pruned["torch-pruning"]], x, args.runs)
-        gains.append((base / ours, base / theirs))
-        print(f"| {repeat + 1} | {base:.1f} | {ours:.1f} | {theirs:.1f} | {base / ours:.2f}x | {base / theirs:.2f}x |")
-    print(f"| median | | | | {statistics.median(g[0] for g in gains):.2f}x | "
-          f"{statistics.median(g[1] for g in gains):.2f}x |")
+        times = interleaved_latency_ms([dense, pruned["nncore"], pruned["torch-pruning"]], x, args.runs)
+        for bucket, new in zip(pooled, times):
+            bucket.extend(new)
+        base, ours, theirs = (statistics.median(t) for t in times)
+        print(f"| {repeat + 1} | {base:.1f} | {ours:.1f} | {theirs:.1f} | {paired_gain(times[0], times[1]):.2f}x | "
+              f"{paired_gain(times[0], times[2]):.2f}x |")
+    base, ours, theirs = (statistics.median(t) for t in pooled)
+    print(f"| all {len(pooled[0])} rounds | {base:.1f} | {ours:.1f} | {theirs:.1f} | "
+          f"{paired_gain(pooled[0], pooled[1]):.2f}x | {paired_gain(pooled[0], pooled[2]):.2f}x |")
+    print("\n(ms: medians; gain: median over rounds of the dense time / the pruned time of the same round)")
     print(f"\n{load_average()}")
 
 

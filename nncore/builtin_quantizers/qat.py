@@ -6,8 +6,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from nncore.builtin_quantizers.base import BaseQuantizer, QuantizerModuleWrapper, quant_config_schema
-from nncore.utils.batchnorm import find_following_batchnorms
 from nncore.builtin_quantizers.functional import (
     affine_qparams,
     channel_view,
@@ -16,8 +14,10 @@ from nncore.builtin_quantizers.functional import (
     symmetric_scale,
     tensor_range,
 )
-from nncore.compressor import set_submodule
+from nncore.compressor import Quantizer, quant_config_schema, set_submodule
 from nncore.hookspecs import hookimpl
+from nncore.utils.batchnorm import find_following_batchnorms
+from nncore.wrapper import QuantizerModuleWrapper
 
 WEIGHT_SCHEMES = ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric")
 
@@ -45,7 +45,7 @@ def quantize_weight_tensor(weight: torch.Tensor, bits: int, scheme: str) -> tupl
     return quantized, scale.reshape(-1), zero_point.reshape(-1)
 
 
-class QAT_Quantizer(BaseQuantizer):
+class QAT_Quantizer(Quantizer):
     """Simulates integer inference while training (Jacob et al., 2018).
 
     Weights are fake-quantized with their current range (per tensor by default; set

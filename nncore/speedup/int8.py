@@ -36,9 +36,10 @@ import torch.nn as nn
 from onnx import helper, numpy_helper
 
 from nncore.artifacts import PathLike, atomic_write, load_torch
-from nncore.utils.batchnorm import find_following_batchnorms, fold_batchnorm
-from nncore.compressor import set_submodule, onnx_export_bytes
+from nncore.compressor import onnx_export_bytes, set_submodule, without_quantizer_wrappers
 from nncore.errors import ArtifactError, ConfigError
+from nncore.utils.batchnorm import find_following_batchnorms
+from nncore.wrapper import fold_batchnorm
 
 __all__ = ["export_int8_onnx", "load_calibration"]
 
@@ -71,9 +72,6 @@ def deployable_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.M
 
     Returns the copy and ``{layer name: BatchNorm}`` for the BatchNorms folded here.
     """
-    # imported here: nncore.builtin_quantizers imports nncore.utils, which imports nncore.speedup
-    from nncore.builtin_quantizers.base import without_quantizer_wrappers
-
     plain = without_quantizer_wrappers(model)
     plain.eval()
     layers = [n for n, m in plain.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]

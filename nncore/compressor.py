@@ -21,7 +21,7 @@ from nncore.config import LayerConfig, build_schema, resolve_config_list, schema
 from nncore.config.schema import message_order, to_json_like
 from nncore.errors import ConfigError, NncoreError, PluginError
 from nncore.hookspecs import PROJECT_NAME, hookimpl, lifecycle, pruning, quantization
-from nncore.wrapper import ModuleWrapper, QuantizerModuleWrapper, release_masks
+from nncore.wrapper import ModuleWrapper, QuantizerModuleWrapper, has_weight, release_masks
 
 INSTANCE_HOOKSPECS = (pruning, quantization, lifecycle)
 PUBLIC_BROADCASTS = ("update_epoch", "step")
@@ -136,6 +136,10 @@ class Compressor:
             return "it has no weight parameter"
         return None
 
+    def layer_errors(self, layers: tuple[LayerConfig, ...]) -> list[str]:
+        """Problems of resolved layers that depend on both the module and its options (none here)."""
+        return []
+
     def _validate_and_resolve(self, config_list: Any) -> tuple[LayerConfig, ...]:
         errors = schema_errors(self.json_schema(), config_list)
         if not errors:
@@ -155,6 +159,7 @@ class Compressor:
             unsupported_reason=self.unsupported_reason,
             errors=errors,
         )
+        errors.extend(self.layer_errors(layers))
         if errors:
             raise ConfigError(sorted(_dedupe(errors), key=message_order), header=f"invalid config_list for {type(self).__name__}")
         return layers
@@ -435,6 +440,23 @@ class Quantizer(Compressor):
     @hookimpl(specname="validate_config")
     def check_quant_bits(self, config_list: list[dict[str, Any]]) -> list[str]:
         return quant_bits_errors(config_list)
+
+    @classmethod
+    def unsupported_reason(cls, module: nn.Module) -> str | None:
+        """Any module may have its input and output quantized (ReLU6, pooling, ...); a weight
+        only where there is one (see :meth:`layer_errors`)."""
+        if cls.supported_op_types is not None and type(module).__name__ not in cls.supported_op_types:
+            return f"{cls.__name__} supports only {', '.join(cls.supported_op_types)}"
+        return None
+
+    def layer_errors(self, layers: tuple[LayerConfig, ...]) -> list[str]:
+        """A ``'weight'`` quant type on a module that has no weight parameter."""
+        return [
+            f"config_list[{layer.index}]: cannot quantize the weight of {layer.name!r} ({layer.op_type}): "
+            "it has no weight parameter; quantize its 'input' or 'output' instead"
+            for layer in layers
+            if "weight" in (layer.get("quant_types") or ()) and not has_weight(self.bound_model.get_submodule(layer.name))
+        ]
 
     def make_wrapper(self, module: nn.Module, config: LayerConfig) -> QuantizerModuleWrapper:
         parameter = next(module.parameters(), next(self.bound_model.parameters(), None))

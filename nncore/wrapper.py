@@ -13,7 +13,7 @@ from torch.func import functional_call
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from nncore.config import LayerConfig
-from nncore.errors import PluginError
+from nncore.errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
     from nncore.compressor import Quantizer
@@ -207,6 +207,11 @@ class QuantizerModuleWrapper(nn.Module):
         return output
 
     def _ask(self, hook: Callable[..., Any], kind: str, **tensor: torch.Tensor) -> torch.Tensor:
+        (value,) = tensor.values()
+        if not isinstance(value, torch.Tensor):
+            raise ConfigError(f"config_list[{self.config.index}]: cannot quantize the {kind} of {self.name!r} "
+                              f"({self.config.op_type}): it is a {type(value).__name__}, not a tensor",
+                              header="invalid quant_types")
         result = hook(compressor=self.quantizer, wrapper=self, **tensor)
         if result is None:
             raise PluginError(f"no quantize_{kind} implementation answered for layer {self.name!r} "

@@ -39,7 +39,7 @@ class LsqQuantizer(Quantizer):
     def after_wrap(self) -> None:
         steps = []
         for wrapper in self.wrappers.values():
-            device = wrapper.module.weight.device
+            device = wrapper.tracked_batches.device
             for kind in wrapper.bits:
                 step = nn.Parameter(torch.ones((), device=device))
                 wrapper.register_parameter(f"{kind}_step", step)

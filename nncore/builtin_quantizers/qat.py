@@ -61,7 +61,10 @@ class QAT_Quantizer(Quantizer):
     weight before quantization (batch statistics while training, running ones in eval mode).
 
     ``config_list`` keys: ``quant_types``, ``quant_bits``, ``quant_start_step`` (default 0),
-    ``quant_scheme`` (weights; default ``'per_tensor_affine'``).
+    ``quant_scheme`` (weights; default ``'per_tensor_affine'``). Modules without weight (ReLU,
+    ReLU6, pooling ...) may quantize their input and output, as in NNI's example
+    ``{'quant_types': ['output'], 'quant_bits': 8, 'op_types': ['ReLU6']}``; their ranges go into
+    the calibration config, and :func:`nncore.speedup.export_int8_onnx` uses them.
 
     >>> quantizer = QAT_Quantizer(model, [{"quant_types": ["weight", "input", "output"],
     ...                                    "quant_bits": 8, "op_types": ["default"]}], optimizer)
@@ -79,18 +82,13 @@ class QAT_Quantizer(Quantizer):
     })
 
     def compress(self) -> nn.Module:
-        self._batchnorms = (
-            find_following_batchnorms(
-                self.bound_model, [c.name for c in self.layer_configs], self.dummy_input if isinstance(self.dummy_input, tuple) else (self.dummy_input,)
-            )
-            if self.dummy_input is not None else {}
-        )
+        weighted = [c.name for c in self.layer_configs if "weight" in c["quant_types"]]
+        dummy = self.dummy_input if isinstance(self.dummy_input, tuple) else (self.dummy_input,)
+        self._batchnorms = find_following_batchnorms(self.bound_model, weighted, dummy) if self.dummy_input is not None else {}
         return super().compress()
 
     def after_wrap(self) -> None:
         for name, bn_name in self._batchnorms.items():
-            if "weight" not in self.wrappers[name].bits:
-                continue
             self.wrappers[name].fold_batchnorm(self.bound_model.get_submodule(bn_name), bn_name)
             set_submodule(self.bound_model, bn_name, nn.Identity())
 

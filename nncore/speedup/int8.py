@@ -15,7 +15,12 @@
      the calibrated layers that read it (through ``MaxPool``/``Flatten``/``Reshape``), else the
      layer's ``tracked_*_output`` range (pushed through a BatchNorm folded at export);
    * ``MaxPool`` keeps its input's parameters; ``GlobalAveragePool`` and ``AveragePool`` take
-     their readers' range.
+     their readers' range;
+   * a calibrated module without weight (ReLU6, ReLU, pooling ...: NNI's ``'op_types': ['ReLU6']``
+     with ``quant_types ['output']``): its tracked input/output range on the tensors its call
+     reads/writes, found from the scope names the TorchScript exporter gives the nodes
+     (``/layers/layers.0/act/Clip`` is module ``layers.0.act``). A ``Clip`` at 0 (ReLU6) that
+     follows a layer is fused like a ``Relu``: the range ``[0, min(max, clip max)]`` clamps like it.
 
    Activations are uint8 (affine), weights int8 per output channel (symmetric; 7-bit with
    ``reduce_range`` to avoid the int16 saturation of u8s8 kernels on CPUs without VNNI), biases
@@ -25,6 +30,7 @@ ONNX Runtime then fuses the QDQ pattern into ``QLinearConv``, ``QLinearAdd``, ``
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -133,9 +139,91 @@ class _Graph:
         return uses[0][0] if len(uses) == 1 and tensor not in self.outputs else None
 
 
+def _unqualified(name: str) -> str:
+    """The scope segment the TorchScript exporter writes for module ``name``: from its last
+    non-numeric atom on (``layers.0`` stays, ``blocks.0.act`` is ``act``)."""
+    atoms = name.split(".")
+    for index in reversed(range(len(atoms))):
+        if not atoms[index].isnumeric():
+            return ".".join(atoms[index:])
+    return name
+
+
+class _Scopes:
+    """Which module a node of a TorchScript-exported graph belongs to, from its name.
+
+    A node is named ``/<segment>/.../<op>``, one segment per module call on the stack; a module
+    called again gets ``_1``, ``_2`` ... appended to its segment.
+    """
+
+    def __init__(self, module_names: Sequence[str]):
+        self.by_segment: dict[str, list[str]] = {}
+        for name in module_names:
+            if name:
+                self.by_segment.setdefault(_unqualified(name), []).append(name)
+
+    @staticmethod
+    def scope(node: onnx.NodeProto) -> str:
+        return node.name.rsplit("/", 1)[0] if node.name.startswith("/") else ""
+
+    def module(self, scope: str) -> str | None:
+        current = ""
+        for segment in scope.strip("/").split("/") if scope.strip("/") else ():
+            found = self._child(current, segment)
+            if found is None and re.fullmatch(r".+_\d+", segment):
+                found = self._child(current, segment.rsplit("_", 1)[0])
+            if found is None:
+                return None
+            current = found
+        return current
+
+    def _child(self, parent: str, segment: str) -> str | None:
+        prefix = f"{parent}." if parent else ""
+        candidates = [n for n in self.by_segment.get(segment, ()) if n.startswith(prefix)]
+        return min(candidates, key=lambda n: n.count("."), default=None)
+
+
+def _module_calls(g: _Graph, scopes: _Scopes, names: set[str]) -> dict[str, list[tuple[list[str], list[str]]]]:
+    """``{module name: [(input tensors, output tensors) of each call]}`` for the modules in ``names``."""
+    by_scope: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.graph.node:
+        scope = scopes.scope(node)
+        while scope:
+            by_scope.setdefault(scope, []).append(node)
+            scope = scope.rsplit("/", 1)[0]
+    calls: dict[str, list[tuple[list[str], list[str]]]] = {}
+    for scope, nodes in by_scope.items():
+        module = scopes.module(scope)
+        if module not in names:
+            continue
+        produced = {out for node in nodes for out in node.output}
+        members = {id(node) for node in nodes}
+        inputs = list(dict.fromkeys(
+            name for node in nodes for name in node.input
+            if name and name not in produced and name not in g.initializers))
+        outputs = [out for out in dict.fromkeys(produced)
+                   if out in g.outputs or any(id(c) not in members for c, _ in g.consumers.get(out, []))]
+        calls.setdefault(module, []).append((inputs, outputs))
+    return calls
+
+
+def _clip_bounds(g: _Graph, node: onnx.NodeProto) -> Range | None:
+    """``(min, max)`` of a ``Clip`` whose bounds are constants (``None`` otherwise)."""
+    bounds = []
+    for position in (1, 2):
+        name = node.input[position] if len(node.input) > position else ""
+        if not name:
+            bounds.append(-np.inf if position == 1 else np.inf)
+        elif name in g.initializers:
+            bounds.append(float(numpy_helper.to_array(g.initializers[name])))
+        else:
+            return None
+    return bounds[0], bounds[1]
+
+
 class _Int8Rewriter:
     def __init__(self, model: onnx.ModelProto, calibration: dict[str, dict[str, Any]],
-                 bn_folded: dict[str, nn.Module], reduce_range: bool):
+                 bn_folded: dict[str, nn.Module], reduce_range: bool, module_names: Sequence[str]):
         self.g = _Graph(model)
         self.calibration = calibration
         self.bn_folded = bn_folded
@@ -147,6 +235,23 @@ class _Int8Rewriter:
                 if key in calibration and node.input[1] in self.g.initializers:
                     self.layers[node.name] = key
         self.qparams: dict[str, tuple[float, int]] = {}
+        self.module_input_ranges: dict[tuple[str, str], Range] = {}  # (tensor, reading node) -> range
+        self.module_output_ranges: dict[str, Range] = {}
+        self._find_module_ranges(module_names)
+
+    def _find_module_ranges(self, module_names: Sequence[str]) -> None:
+        """Ranges of calibrated modules that are not Conv/Gemm layers, on the tensors of each call."""
+        names = set(self.calibration) - set(self.layers.values())
+        for name, calls in _module_calls(self.g, _Scopes(module_names), names).items():
+            entry = self.calibration[name]
+            for inputs, outputs in calls:
+                if "input_bits" in entry and len(inputs) == 1:
+                    for node, _ in self.g.consumers.get(inputs[0], []):
+                        self.module_input_ranges[(inputs[0], node.name)] = (
+                            float(entry["tracked_min_input"]), float(entry["tracked_max_input"]))
+                if "output_bits" in entry and len(outputs) == 1:
+                    self.module_output_ranges[outputs[0]] = (
+                        float(entry["tracked_min_output"]), float(entry["tracked_max_output"]))
 
     def input_range(self, node: onnx.NodeProto) -> Range | None:
         entry = self.calibration.get(self.layers.get(node.name, ""), {})
@@ -164,6 +269,8 @@ class _Int8Rewriter:
         for node, index in uses:
             if node.name in self.layers and index == 0 and self.input_range(node) is not None:
                 ranges.append(self.input_range(node))
+            elif (tensor, node.name) in self.module_input_ranges:
+                ranges.append(self.module_input_ranges[(tensor, node.name)])
             elif node.op_type in RANGE_PRESERVING and index == 0:
                 ranges.append(self.readers_range(node.output[0]))
             else:
@@ -183,29 +290,44 @@ class _Int8Rewriter:
     # the passes, in order
 
     def assign_outputs(self) -> None:
-        """In graph order: outputs of calibrated layers and of Adds (a following Relu fused
-        away), then pools whose input is quantized."""
+        """In graph order: outputs of calibrated layers and of Adds (a following Relu or
+        Clip at 0 fused away), outputs of calibrated modules without weight, then pools whose
+        input is quantized."""
         for node in list(self.g.graph.node):
             if node.name in self.layers or node.op_type == "Add":
                 self.assign_output(node)
+            elif node.output and node.output[0] in self.module_output_ranges and node.output[0] not in self.qparams:
+                found = self.readers_range(node.output[0]) or self.module_output_ranges[node.output[0]]
+                self.qparams[node.output[0]] = _activation_qparams(*found)
             else:
                 self.assign_pool(node)
 
+    def _fusable_activation(self, tensor: str) -> tuple[onnx.NodeProto, float] | None:
+        """The ``Relu`` or ``Clip`` at 0 that alone reads ``tensor``, and its upper bound."""
+        node = self.g.only_consumer(tensor)
+        if node is None or node.output[0] in self.g.outputs:
+            return None
+        if node.op_type == "Relu":
+            return node, np.inf
+        bounds = _clip_bounds(self.g, node) if node.op_type == "Clip" else None
+        if bounds is not None and bounds[0] == 0.0 and bounds[1] > 0.0:
+            return node, bounds[1]
+        return None
+
     def assign_output(self, node: onnx.NodeProto) -> None:
-        relu = self.g.only_consumer(node.output[0])
-        fused = relu is not None and relu.op_type == "Relu" and relu.output[0] not in self.g.outputs
-        target = relu.output[0] if fused else node.output[0]
-        found = self.readers_range(target)
+        activation = self._fusable_activation(node.output[0])
+        target = activation[0].output[0] if activation else node.output[0]
+        found = self.readers_range(target) or self.module_output_ranges.get(target)
         if found is None and node.name in self.layers:
             found = _output_range(self.calibration[self.layers[node.name]], self.bn_folded.get(self.layers[node.name]))
         if found is None and node.op_type == "Add":
             found = self.sum_range(node)
         if found is None:
             return
-        if fused:  # zero point 0 clamps at 0 like the Relu: the layer writes the Relu's output
-            found = (0.0, max(found[1], 0.0))
+        if activation:  # zero point 0 clamps at 0, the range's end at the top: the layer writes the activation's output
+            found = (0.0, min(max(found[1], 0.0), activation[1]))
             node.output[0] = target
-            self.g.graph.node.remove(relu)
+            self.g.graph.node.remove(activation[0])
             self.g.reindex()
         self.qparams[target] = _activation_qparams(*found)
 
@@ -220,11 +342,16 @@ class _Int8Rewriter:
                 self.qparams[node.output[0]] = _activation_qparams(*found)
 
     def assign_inputs(self) -> None:
-        """Inputs of calibrated layers that are still float (e.g. the model input)."""
+        """Inputs of calibrated layers and modules that are still float (e.g. the model input)."""
         for node in list(self.g.graph.node):
+            module_input = next((node.input[i] for i in range(len(node.input))
+                                 if (node.input[i], node.name) in self.module_input_ranges), None)
             if node.name in self.layers and self.input_range(node) is not None and node.input[0] not in self.qparams:
                 found = self.readers_range(node.input[0]) or self.input_range(node)
                 self.qparams[node.input[0]] = _activation_qparams(*found)
+            elif module_input is not None and module_input not in self.qparams:
+                found = self.readers_range(module_input) or self.module_input_ranges[(module_input, node.name)]
+                self.qparams[module_input] = _activation_qparams(*found)
             else:
                 self.assign_pool(node)
 
@@ -362,5 +489,6 @@ def export_int8_onnx(
         float_path.write_bytes(onnx_export_bytes(plain, input_shape))
         quant_pre_process(str(float_path), str(prepared_path))
         prepared = onnx.load(str(prepared_path))
-    int8 = _Int8Rewriter(prepared, calibration, bn_folded, reduce_range).rewrite()
+    module_names = [name for name, _ in plain.named_modules()]
+    int8 = _Int8Rewriter(prepared, calibration, bn_folded, reduce_range, module_names).rewrite()
     return atomic_write(onnx_path, lambda handle: handle.write(int8.SerializeToString()))

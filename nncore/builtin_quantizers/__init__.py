@@ -9,6 +9,7 @@ from nncore.builtin_quantizers.bnn import BNNQuantizer
 from nncore.builtin_quantizers.dorefa import DoReFaQuantizer
 from nncore.builtin_quantizers.lsq import LsqQuantizer
 from nncore.builtin_quantizers.naive import NaiveQuantizer
+from nncore.builtin_quantizers.ptq import PtqQuantizer
 from nncore.builtin_quantizers.qat import QAT_Quantizer, QATQuantizer
 from nncore.compressor import Quantizer
 from nncore.wrapper import QuantizerModuleWrapper
@@ -18,6 +19,7 @@ __all__ = [
     "DoReFaQuantizer",
     "LsqQuantizer",
     "NaiveQuantizer",
+    "PtqQuantizer",
     "QATQuantizer",
     "QAT_Quantizer",
     "Quantizer",

@@ -45,6 +45,15 @@ def quantize_weight_tensor(weight: torch.Tensor, bits: int, scheme: str) -> tupl
     return quantized, scale.reshape(-1), zero_point.reshape(-1)
 
 
+def fold_batchnorms(quantizer: Quantizer, pairs: dict[str, str]) -> None:
+    """Fold each BatchNorm of ``pairs`` (``{layer name: BatchNorm name}``, from
+    :func:`~nncore.utils.batchnorm.find_following_batchnorms`) into the wrapped layer before it;
+    the BatchNorm's place in the model becomes ``nn.Identity`` (``unwrap_model`` puts it back)."""
+    for name, bn_name in pairs.items():
+        quantizer.wrappers[name].fold_batchnorm(quantizer.bound_model.get_submodule(bn_name), bn_name)
+        set_submodule(quantizer.bound_model, bn_name, nn.Identity())
+
+
 class QAT_Quantizer(Quantizer):
     """Simulates integer inference while training (Jacob et al., 2018).
 
@@ -88,9 +97,7 @@ class QAT_Quantizer(Quantizer):
         return super().compress()
 
     def after_wrap(self) -> None:
-        for name, bn_name in self._batchnorms.items():
-            self.wrappers[name].fold_batchnorm(self.bound_model.get_submodule(bn_name), bn_name)
-            set_submodule(self.bound_model, bn_name, nn.Identity())
+        fold_batchnorms(self, self._batchnorms)
 
     def quantizing(self, wrapper: QuantizerModuleWrapper) -> bool:
         """Whether ``quant_start_step`` has been reached for this layer."""

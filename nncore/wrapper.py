@@ -187,6 +187,16 @@ class QuantizerModuleWrapper(nn.Module):
                 self.register_buffer(f"tracked_max_{kind}", torch.zeros((), device=device))
         self.register_buffer("tracked_batches", torch.zeros((), dtype=torch.long, device=device))
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped module's (float) weight, for code that reads ``layer.weight`` of a wrapped layer."""
+        return self.module.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The wrapped module's bias."""
+        return self.module.bias
+
     # -- forward -----------------------------------------------------------------------------
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

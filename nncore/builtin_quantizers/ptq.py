@@ -225,7 +225,8 @@ class PtqQuantizer(Quantizer):
             wrapper = self.wrappers[name]
             if observer.empty:
                 raise ConfigError(f"layer {name!r}: its {kind} was never seen during calibration (the model does not "
-                                  "call it on the calibration data)", header="invalid calibration_data")
+                                  "call it on the calibration data; a fused fast path, such as nn.TransformerEncoderLayer's "
+                                  "in eval mode, bypasses its submodules)", header="invalid calibration_data")
             low, high = observer.quantization_range()
             getattr(wrapper, f"tracked_min_{kind}").fill_(low)
             getattr(wrapper, f"tracked_max_{kind}").fill_(high)

@@ -154,7 +154,7 @@ def test_int8_export_of_relu6_called_twice_quantizes_both_calls(tmp_path):
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(4)) * 3
     graph, ops, got = int8_graph_and_run(model, quantizer.calibration_config(), tmp_path / "int8.onnx", tmp_path, x)
     quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
-    assert {"/act2/Clip_output_0", "/act2_1/Clip_output_0"} <= quantized
+    assert {"/model/act2/Clip_output_0", "/model/act2_1/Clip_output_0"} <= quantized
     assert {"QLinearConv", "QLinearAdd", "QGemm"} <= ops and "Conv" not in ops
     with torch.no_grad():
         expected = model(x).numpy()

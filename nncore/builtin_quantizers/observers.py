@@ -36,6 +36,7 @@ MAX_BINS = 2 * MIN_BINS
 SHRINK_STEPS = 200
 SHRINK_FACTORS = np.geomspace(1e-3, 1.0, SHRINK_STEPS)
 """Candidate clipping values, as fractions of the observed one."""
+CHUNK = 1 << 22
 ENTROPY_BINS_PER_LEVEL = 8
 """``entropy``: a candidate range is seen in at most this many bins per quantization level."""
 
@@ -71,11 +72,12 @@ class Observer:
         low, high = values.aminmax()
         self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
         if self.method != "minmax":
-            self._add_to_histogram(values.cpu().double())
+            self._add_to_histogram(values.cpu())
 
     def _add_to_histogram(self, values: torch.Tensor) -> None:
         if self.counts is None:
-            self.width = max(self.high - self.low, abs(self.high), abs(self.low), 1e-8) / MIN_BINS
+            spread = self.high - self.low or max(abs(self.high), abs(self.low), 1e-8)
+            self.width = spread / MIN_BINS
             self.first = math.floor(self.low / self.width)
             self.counts = torch.zeros(0, dtype=torch.float64)
         first, last = math.floor(self.low / self.width), math.floor(self.high / self.width)
@@ -87,8 +89,9 @@ class Observer:
         grown = torch.zeros(last - first + 1, dtype=torch.float64)
         grown[self.first - first: self.first - first + self.counts.numel()] = self.counts
         self.first, self.counts = first, grown
-        index = torch.floor(values / self.width).long().clamp(first, last) - first
-        self.counts += torch.bincount(index, minlength=self.counts.numel()).double()
+        for chunk in values.split(CHUNK):  # bins computed in float64, a chunk at a time
+            index = torch.floor(chunk.double() / self.width).long().clamp(first, last) - first
+            self.counts += torch.bincount(index, minlength=self.counts.numel()).double()
 
     def _coarsen(self) -> None:
         start = math.floor(self.first / 2)

@@ -188,7 +188,9 @@ def deployable_model(model: nn.Module, example: ExampleInputs) -> tuple[nn.Modul
 def _onnx_bytes(plain: nn.Module, example: ExampleInputs) -> tuple[bytes, Scopes]:
     """The TorchScript export of ``plain`` on the example, and the scopes of its nodes."""
     wrapper = _Exportable(plain, example).eval()
+    result: list[Any] = []
     with torch.no_grad():
+        scopes = Scopes.record(wrapper, lambda: result.append(wrapper(*example.tensors.values())), prefix=WRAPPED)
         outputs = [name for name, _ in _output_tensors(example.call(plain, *example.tensors.values()))]
     if not outputs:
         raise ConfigError("the model returns no tensor to export", header="invalid argument")
@@ -204,7 +206,7 @@ def _onnx_bytes(plain: nn.Module, example: ExampleInputs) -> tuple[bytes, Scopes
             hint = ("; Hugging Face decoders (Llama) export only with an attention mask: "
                     "dummy_input={'input_ids': ids, 'attention_mask': torch.ones_like(ids)}")
         raise SpeedupError(f"ONNX export of the model failed: {type(exc).__name__}: {exc}{hint}") from exc
-    return buffer.getvalue(), Scopes([name for name, _ in wrapper.named_modules()], prefix=WRAPPED)
+    return buffer.getvalue(), scopes
 
 
 def _prepared(float_bytes: bytes) -> onnx.ModelProto:

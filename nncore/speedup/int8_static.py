@@ -78,7 +78,7 @@ def _clip_bounds(g: OnnxGraph, node: onnx.NodeProto) -> Range | None:
 
 def calibrated_layers(g: OnnxGraph, scopes: Scopes, calibration: Mapping[str, Any]) -> dict[str, str]:
     """``{node name: calibration key}`` of the Conv/Gemm/MatMul nodes that compute a calibrated
-    layer with a constant weight (found from the node's scope, else from the weight's name)."""
+    layer with a constant weight (found from the node's scope)."""
     layers = {}
     for node in g.graph.node:
         if node.op_type not in LAYER_OPS or len(node.input) < 2 or node.input[1] not in g.initializers:
@@ -86,8 +86,6 @@ def calibrated_layers(g: OnnxGraph, scopes: Scopes, calibration: Mapping[str, An
         if weight_input_axis(node) is None or len(g.initializers[node.input[1]].dims) < 2:
             continue
         key = scopes.node_module(node)
-        if key not in calibration and node.input[1].endswith(".weight"):
-            key = node.input[1][: -len(".weight")].removeprefix(scopes.prefix)
         if key in calibration:
             layers[node.name] = key
     return layers

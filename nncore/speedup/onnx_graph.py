@@ -2,11 +2,11 @@
 the small edits they share (initializers, per-channel int8 weights, topological order)."""
 from __future__ import annotations
 
-import re
-from typing import Sequence
+from typing import Any, Callable
 
 import numpy as np
 import onnx
+import torch.nn as nn
 from onnx import numpy_helper
 
 from nncore.errors import ArtifactError
@@ -80,36 +80,57 @@ def unqualified(name: str) -> str:
 class Scopes:
     """Which module a node of a TorchScript-exported graph belongs to, from its name.
 
-    A node is named ``/<segment>/.../<op>``, one segment per module call on the stack; a module
-    called again gets ``_1``, ``_2`` ... appended to its segment. Module names are given as in
-    ``named_modules()`` of the exported module; ``prefix`` (e.g. ``'model'``, the attribute under
-    which the exported wrapper holds the user's model) is stripped from the names returned.
+    The exporter names a node ``/<segment>/.../<op>``, one segment per module call on the stack:
+    the module's :func:`unqualified` name, with ``_1``, ``_2`` ... appended when the same segment
+    was already used under the same parent call (a module called again, or ``blocks.1.qkv`` after
+    ``blocks.0.qkv`` in a ModuleList). :meth:`record` replays that naming on one eager forward,
+    so every scope maps to exactly one module.
     """
 
-    def __init__(self, module_names: Sequence[str], prefix: str = ""):
-        self.prefix = f"{prefix}." if prefix else ""
-        self.by_segment: dict[str, list[str]] = {}
-        for name in module_names:
-            if name:
-                self.by_segment.setdefault(unqualified(name), []).append(name)
+    def __init__(self, modules: dict[str, str]):
+        self.modules = modules
+
+    @classmethod
+    def record(cls, root: nn.Module, run: Callable[[], Any], prefix: str = "") -> Scopes:
+        """Scopes of the calls ``run()`` makes into the modules of ``root`` (the exported module);
+        ``prefix`` (e.g. ``'model'``) is stripped from the module names."""
+        names = {id(module): name for name, module in root.named_modules()}
+        stack: list[str] = []
+        used: dict[tuple[str, str], int] = {}
+        scopes: dict[str, str] = {}
+
+        def enter(module: nn.Module, args: Any) -> None:
+            name = names[id(module)]
+            parent = stack[-1] if stack else ""
+            if not name:  # the exported module itself writes no segment
+                stack.append(parent)
+                return
+            segment = unqualified(name)
+            count = used.get((parent, segment), 0)
+            used[(parent, segment)] = count + 1
+            scope = f"{parent}/{segment}" + (f"_{count}" if count else "")
+            if name == prefix or name.startswith(f"{prefix}."):
+                scopes[scope] = name[len(prefix) + 1:] if prefix else name
+            stack.append(scope)
+
+        def leave(module: nn.Module, args: Any, output: Any) -> None:
+            stack.pop()
+
+        handles = [h for m in root.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+        try:
+            run()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return cls(scopes)
 
     @staticmethod
     def scope(node: onnx.NodeProto) -> str:
         return node.name.rsplit("/", 1)[0] if node.name.startswith("/") else ""
 
     def module(self, scope: str) -> str | None:
-        """The name of the module whose call is ``scope`` (``None`` if none matches)."""
-        current = ""
-        for segment in scope.strip("/").split("/") if scope.strip("/") else ():
-            found = self._child(current, segment)
-            if found is None and re.fullmatch(r".+_\d+", segment):
-                found = self._child(current, segment.rsplit("_", 1)[0])
-            if found is None:
-                return None
-            current = found
-        if not current.startswith(self.prefix):
-            return None
-        return current[len(self.prefix):]
+        """The name of the module whose call is ``scope`` (``None`` if none)."""
+        return self.modules.get(scope)
 
     def node_module(self, node: onnx.NodeProto) -> str | None:
         """The module a node belongs to; a node that ONNX Runtime made by fusing others is named
@@ -119,11 +140,6 @@ class Scopes:
         if found is None and "/" in scope.strip("/"):
             found = self.module(scope.rsplit("/", 1)[0])
         return found
-
-    def _child(self, parent: str, segment: str) -> str | None:
-        prefix = f"{parent}." if parent else ""
-        candidates = [n for n in self.by_segment.get(segment, ()) if n.startswith(prefix)]
-        return min(candidates, key=lambda n: n.count("."), default=None)
 
 
 def module_calls(g: OnnxGraph, scopes: Scopes, names: set[str]) -> dict[str, list[tuple[list[str], list[str]]]]:

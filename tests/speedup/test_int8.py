@@ -159,3 +159,31 @@ def test_the_float_export_is_the_graph_int8_starts_from(tmp_path):
     with torch.no_grad():
         expected = quantizer.inference_model().eval()(x).numpy()
     np.testing.assert_allclose(run(path, x), expected, atol=1e-5)
+
+
+class SameNames(torch.nn.Module):
+    """Layers with the same last name in a ModuleList of ModuleDicts, and a module called twice per block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.ModuleDict({"fc": torch.nn.Linear(4, 4), "act": torch.nn.ReLU6()}) for _ in range(2))
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = self.relu(block["act"](block["fc"](x))) + self.relu(x)
+        return x
+
+
+def test_node_scopes_name_the_module_of_each_call_even_when_names_repeat():
+    from nncore.speedup.int8 import ExampleInputs, _onnx_bytes
+
+    model = SameNames().eval()
+    data, scopes = _onnx_bytes(model, ExampleInputs([2, 4], None, None, torch.device("cpu")))
+    assert {scope: name for scope, name in scopes.modules.items() if name} == {
+        "/model/fc": "blocks.0.fc", "/model/act": "blocks.0.act", "/model/relu": "relu", "/model/relu_1": "relu",
+        "/model/fc_1": "blocks.1.fc", "/model/act_1": "blocks.1.act", "/model/relu_2": "relu", "/model/relu_3": "relu"}
+    graph = onnx.load_from_string(data).graph
+    gemms = {scopes.node_module(node) for node in graph.node if node.op_type == "Gemm"}
+    assert gemms == {"blocks.0.fc", "blocks.1.fc"}

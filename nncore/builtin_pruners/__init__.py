@@ -14,6 +14,7 @@ from nncore.builtin_pruners.netadapt import NetAdaptPruner
 from nncore.builtin_pruners.simulated_annealing import SimulatedAnnealingPruner
 from nncore.builtin_pruners.slim import SlimPruner
 from nncore.builtin_pruners.taylor import TaylorFOWeightFilterPruner
+from nncore.builtin_pruners.transformer_head import TransformerHeadPruner
 
 __all__ = [
     "ADMMPruner",
@@ -31,4 +32,5 @@ __all__ = [
     "LevelPruner",
     "SlimPruner",
     "TaylorFOWeightFilterPruner",
+    "TransformerHeadPruner",
 ]

@@ -12,7 +12,7 @@ from transformers.pytorch_utils import Conv1D
 from nncore.artifacts import load_masks
 from nncore.builtin_pruners import TransformerHeadPruner
 from nncore.builtin_pruners.head_criteria import HeadStatistics, ObservedProjection, mha_head_outputs
-from nncore.errors import ConfigError
+from nncore.errors import ConfigError, NncoreError
 from nncore.registry import get_compressor
 from tests.builtin_pruners.attention_models import TinyTransformer, make_tiny_transformer, tiny_groups
 from tests.conftest import assert_untouched, snapshot
@@ -563,3 +563,30 @@ def test_registry_name_and_export():
 
     assert get_compressor("transformer_head") is TransformerHeadPruner
     assert "TransformerHeadPruner" in builtin.__all__
+
+
+def test_update_masks_keeps_pruned_heads_at_the_configured_sparsity_and_needs_compress_first():
+    model = two_scaled_layers()
+    pruner = TransformerHeadPruner(model, ALL, 2, tiny_groups(2), verbose=False)
+    with pytest.raises(NncoreError, match="call compress\\(\\) first"):
+        pruner.update_masks()
+    pruner.compress()
+    with torch.no_grad():  # a kept head becomes the weakest: the sparsity is reached, pruned heads stay
+        model.layers[0].q.module.weight[0, 0] = 0.5
+    pruner.update_masks()
+    assert pruner.pruned_heads == {0: {1, 3}, 1: {1, 3}}
+    with pytest.raises(NncoreError, match="takes no per-layer sparsities"):
+        pruner.update_masks({"layers.0.q": 0.5})
+
+
+def test_a_wrapped_multihead_attention_deep_copies_with_its_masks():
+    torch.manual_seed(0)
+    model = MHANet()
+    prune(model, head_hidden_dim=2, groups=MHA_GROUPS)
+    clone = copy.deepcopy(model)
+    assert torch.equal(clone.attn.in_proj_weight_mask, model.attn.in_proj_weight_mask)
+    assert clone.attn.num_heads == 4  # read through the wrapper
+    optimizer = torch.optim.SGD(clone.parameters(), lr=1.0)
+    clone(torch.randn(2, 3, 8)).sum().backward()
+    optimizer.step()
+    assert clone.attn.module.in_proj_weight[:8].reshape(4, -1).eq(0).all(dim=1).sum() == 2

@@ -70,8 +70,9 @@ class TransformerHeadPruner(Pruner):
     :param attention_name_groups: ``[[q, k, v, o], ...]`` module names per attention layer; a fused
         projection is named three times (``[c_attn, c_attn, c_attn, c_proj]``; an
         ``nn.MultiheadAttention`` ``attn``: ``[attn, attn, attn, attn.out_proj]``).
-    :param dummy_input: an input of the model, to find the groups when ``attention_name_groups`` is
-        not given (needs :func:`nncore.speedup.attention.find_attention_groups`).
+    :param dummy_input: an input of the model (tensor, tuple of positional inputs or dict of keyword
+        inputs), to find the groups with :func:`nncore.speedup.find_attention_groups` when
+        ``attention_name_groups`` is not given (``nn.MultiheadAttention`` modules are taken as they are).
     :param ranking_criterion: ``'l1_weight'``, ``'l2_weight'``, ``'l1_activation'``, ``'l2_activation'``
         or ``'taylorfo'`` (see :mod:`nncore.builtin_pruners.head_criteria`).
     :param global_sort: rank the heads of all groups together (every group needs the same sparsity)
@@ -173,22 +174,33 @@ class TransformerHeadPruner(Pruner):
             raise ConfigError(problems, header="invalid argument")
 
     def _found_groups(self, dummy_input: Any) -> list[AttentionGroup]:
+        """The groups :func:`nncore.speedup.find_attention_groups` finds in one forward on ``dummy_input``,
+        and every ``nn.MultiheadAttention`` (which it leaves out)."""
+        from nncore.speedup import find_attention_groups
+
+        model = self.bound_model
         try:
-            from nncore.speedup.attention import find_attention_groups
-        except ImportError:
-            raise ConfigError("finding attention groups from dummy_input needs "
-                              "nncore.speedup.attention.find_attention_groups, which this version lacks; "
-                              "pass attention_name_groups", header="invalid argument") from None
-        groups = find_attention_groups(self.bound_model, dummy_input)
+            found = find_attention_groups(model, dummy_input)
+        except NncoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's model on dummy_input
+            raise ConfigError(f"TransformerHeadPruner: dummy_input does not run through the model "
+                              f"({type(exc).__name__}: {exc})", header="invalid argument") from exc
+        covered = {group.q for group in found}
+        found += [AttentionGroup(name=name, q=name, k=name, v=name, o=f"{name}.out_proj", num_heads=module.num_heads,
+                                 num_kv_heads=module.num_heads, head_dim=module.head_dim, fused=True)
+                  for name, module in model.named_modules()
+                  if isinstance(module, nn.MultiheadAttention) and name not in covered]
+        if not found:
+            raise ConfigError("dummy_input: found no attention in the model; pass attention_name_groups",
+                              header="invalid argument")
         problems = [f"head_hidden_dim={self.head_hidden_dim} does not match attention {group.name!r} "
-                    f"({group.num_heads} heads of {group.head_dim} features)"
-                    for group in groups if group.head_dim != self.head_hidden_dim]
+                    f"({group.num_heads} heads of {group.head_dim} features, found from dummy_input)"
+                    for group in found if group.head_dim != self.head_hidden_dim]
         if problems:
             raise ConfigError(problems, header="invalid argument")
-        if not groups:
-            raise ConfigError("dummy_input: no attention found in the model; pass attention_name_groups",
-                              header="invalid argument")
-        return groups
+        groups_from_names(model, [[group.q, group.k, group.v, group.o] for group in found], self.head_hidden_dim)
+        return found
 
     @classmethod
     def unsupported_reason(cls, module: nn.Module) -> str | None:

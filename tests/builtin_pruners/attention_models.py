@@ -10,8 +10,6 @@ import torch.nn as nn
 class TinyAttention(nn.Module):
     """Multi-head attention from four Linear projections ``q, k, v, o``; grouped-query attention when
     ``kv_heads < heads`` (query head ``h`` reads key/value head ``h // (heads // kv_heads)``).
-
-    ``last_heads`` keeps the input of ``o`` (the concatenated head outputs) of the last call.
     """
 
     def __init__(self, embed: int = 8, heads: int = 4, kv_heads: int | None = None, head_dim: int = 2) -> None:
@@ -21,18 +19,17 @@ class TinyAttention(nn.Module):
         self.k = nn.Linear(embed, self.kv_heads * head_dim)
         self.v = nn.Linear(embed, self.kv_heads * head_dim)
         self.o = nn.Linear(heads * head_dim, embed)
-        self.last_heads: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
         repeat = self.heads // self.kv_heads
         q = self.q(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2).repeat_interleave(repeat, 1)
-        v = self.v(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2).repeat_interleave(repeat, 1)
+        k = self.k(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        if repeat > 1:
+            k, v = k.repeat_interleave(repeat, 1), v.repeat_interleave(repeat, 1)
         weights = (q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)).softmax(-1)
-        heads = (weights @ v).transpose(1, 2).reshape(batch, length, -1)
-        self.last_heads = heads.detach()
-        return self.o(heads)
+        return self.o((weights @ v).transpose(1, 2).reshape(batch, length, -1))
 
 
 class TinyTransformer(nn.Module):

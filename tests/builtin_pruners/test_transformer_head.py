@@ -159,13 +159,13 @@ def batches() -> list[torch.Tensor]:
 @pytest.mark.parametrize("criterion", ["l1_activation", "l2_activation"])
 def test_activation_criteria_sum_the_head_outputs_over_the_forward_runner(criterion):
     model = make_tiny_transformer(layers=1)
-    seen = []
+    seen = []  # the head outputs: the input of o
+    model.layers[0].o.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().reshape(-1, 4, 2)))
 
     def runner(m):
         assert not m.training
         for x in batches():
             m(x)
-            seen.append(m.layers[0].last_heads.reshape(-1, 4, 2))
 
     pruner = prune(model, ranking_criterion=criterion, forward_runner=runner)
     assert model.training  # the mode is restored
@@ -538,14 +538,34 @@ def test_key_and_value_of_different_widths_are_refused():
         TransformerHeadPruner(model, ALL, 2, tiny_groups(1), verbose=False)
 
 
-def test_dummy_input_without_graph_detection_is_a_clear_error():
-    pytest.importorskip("nncore.speedup.attention")
-    from nncore.speedup import attention
+def test_groups_found_from_dummy_input_prune_as_named_groups_do():
+    named = prune(two_scaled_layers())
+    found = TransformerHeadPruner(two_scaled_layers(), ALL, 2, dummy_input=torch.randn(1, 3, 2), verbose=False)
+    assert [[g.q, g.k, g.v, g.o] for g in found.attention_groups] == tiny_groups(2)
+    found.compress()
+    assert found.pruned_heads == named.pruned_heads
 
-    if hasattr(attention, "find_attention_groups"):
-        pytest.skip("find_attention_groups is available")
-    with pytest.raises(ConfigError, match="needs nncore.speedup.attention.find_attention_groups"):
-        TransformerHeadPruner(make_tiny_transformer(), ALL, 2, dummy_input=torch.randn(1, 3, 8), verbose=False)
+
+def test_dummy_input_takes_every_multihead_attention_as_it_is():
+    model = nn.Sequential(nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 4, 16, batch_first=True), 2)).eval()
+    pruner = TransformerHeadPruner(model, ALL, 2, dummy_input=torch.randn(1, 3, 8), verbose=False)
+    assert [[g.q, g.k, g.v, g.o] for g in pruner.attention_groups] == \
+        [[f"0.layers.{i}.self_attn"] * 3 + [f"0.layers.{i}.self_attn.out_proj"] for i in range(2)]
+    assert not model.training
+
+
+@pytest.mark.parametrize("model, dummy, head_dim, message", [
+    (lambda: make_tiny_transformer(), torch.randn(1, 3, 5), 2, r"dummy_input does not run through the model \(RuntimeError"),
+    (lambda: make_tiny_transformer(), torch.randn(1, 3, 8), 4,
+     r"head_hidden_dim=4 does not match attention 'layers.0' \(4 heads of 2 features, found from dummy_input\)"),
+    (lambda: nn.Sequential(nn.Linear(8, 8)), torch.randn(1, 8), 2, r"found no attention in the model; pass attention_name_groups"),
+])
+def test_bad_dummy_input(model, dummy, head_dim, message):
+    model = model()
+    before = snapshot(model)
+    with pytest.raises(ConfigError, match=message):
+        TransformerHeadPruner(model, [{"sparsity": 0.5, "op_types": ["Linear"]}], head_dim, dummy_input=dummy, verbose=False)
+    assert_untouched(model, before)
 
 
 def test_a_forward_runner_that_runs_nothing_is_an_error_and_the_model_is_unwrapped():

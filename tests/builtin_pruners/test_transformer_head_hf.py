@@ -132,3 +132,16 @@ def test_gpt2_groups_of_a_language_model_head_model_and_taylorfo():
     weight = model.transformer.h[0].attn.c_attn.module.weight
     (head,) = pruner.pruned_heads[0]
     assert all(bool(weight[:, part * 32 + head * 8:part * 32 + (head + 1) * 8].eq(0).all()) for part in range(3))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_groups_found_from_dummy_input_are_the_named_groups(case):
+    build, groups, _ = CASES[case]
+    torch.manual_seed(0)
+    model = build()
+    dummy = torch.zeros(1, 1, 8, 8) if case == "vit" else IDS[:1]
+    pruner = TransformerHeadPruner(model, [{"sparsity": 0.5, "op_types": ["default"]}], 8, dummy_input=dummy,
+                                   verbose=False)
+    assert [[g.q, g.k, g.v, g.o] for g in pruner.attention_groups] == groups
+    assert [(g.num_heads, g.num_kv_heads, g.fused) for g in pruner.attention_groups] == \
+        [(4, 2 if case == "llama" else 4, case == "gpt2")] * 2

@@ -1,17 +1,17 @@
 """Accuracy of a small ViT on digits after TransformerHeadPruner removes half of its heads.
 
     python benchmarks/transformer_heads_accuracy.py [--criteria l1_weight taylorfo ...] [--sparsity 0.5]
-        [--epochs 40] [--finetune-epochs 10] [--seed 0] [--global-sort]
+        [--epochs 40] [--finetune-epochs 10] [--finetune-lr 2e-3] [--seed 0] [--global-sort]
 
 A Hugging Face ``ViTForImageClassification`` built from a config (1 channel, 8x8 images, 2x2 patches,
 hidden 64, 4 layers of 8 heads of 8 features, random init) trains on the digits train split (1,347
-images); each criterion then prunes ``--sparsity`` of the heads of a copy of it (every layer
-loses the same number, or ``--global-sort``), and the copy is fine-tuned for ``--finetune-epochs``
-epochs with its masks in place. Accuracy is on the digits test split (450 images). "params" counts
-the parameters the pruned heads leave (masked entries of Q, K, V and O not counted). Everything is
-seeded; prints a markdown table. Finally the fine-tuned masked ViT is really shrunk
-(``nncore.speedup.ModelSpeedup``): its parameter count, and its accuracy and logits against the
-masked model's.
+images) for ``--epochs`` epochs; each criterion then prunes ``--sparsity`` of the heads of a copy of
+it (every layer loses the same number, or ``--global-sort``), and the copy is fine-tuned for
+``--finetune-epochs`` epochs with its masks in place (Adam, cosine schedule from ``--finetune-lr``,
+as the dense training). Accuracy is on the digits test split (450 images). "params" counts the
+parameters the pruned heads leave (masked entries of Q, K, V and O not counted). Finally the
+fine-tuned masked ViT is really shrunk (``nncore.speedup.ModelSpeedup``): its parameter count, and
+its accuracy and logits against the masked model's. Everything is seeded; prints a markdown table.
 """
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--finetune-lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--global-sort", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
@@ -111,7 +112,7 @@ def main() -> None:
         params = count_params(model, pruner.masks())
         rows.append((f"pruned {args.sparsity:.0%}", criterion, heads, params, accuracy(model, data.test_loader)))
         torch.manual_seed(args.seed)
-        train_epochs(model, data.train_loader, args.finetune_epochs, lr=1e-3, verbose=False)
+        train_epochs(model, data.train_loader, args.finetune_epochs, lr=args.finetune_lr, verbose=False)
         masks = pruner.masks()
         pruner.unwrap_model()
         masked_accuracy = accuracy(model, data.test_loader)

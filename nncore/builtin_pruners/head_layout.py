@@ -22,8 +22,6 @@ from nncore.speedup.attention import AttentionGroup
 from nncore.wrapper import ModuleWrapper
 
 
-
-
 @attrs.frozen
 class FeatureSlice:
     """``heads`` consecutive heads of ``head_dim`` features each along ``axis`` of ``parameter`` (a name

@@ -5,9 +5,11 @@ For seed-compatible imports: ``from nncore.builtin_pruners import LevelPruner, A
 """
 from nncore.builtin_pruners.activation_rank import ActivationAPoZRankFilterPruner, ActivationMeanRankFilterPruner
 from nncore.builtin_pruners.admm import ADMMPruner
+from nncore.builtin_pruners.amc import AMCPruner
 from nncore.builtin_pruners.agp import AGP_Pruner, AGPPruner
 from nncore.builtin_pruners.auto_compress import AutoCompressPruner
 from nncore.builtin_pruners.filter_weight import FPGMPruner, L1FilterPruner, L2FilterPruner
+from nncore.builtin_pruners.hidden_size import HiddenSizePruner
 from nncore.builtin_pruners.level import LevelPruner
 from nncore.builtin_pruners.lottery import LotteryTicketPruner
 from nncore.builtin_pruners.netadapt import NetAdaptPruner
@@ -18,6 +20,7 @@ from nncore.builtin_pruners.transformer_head import TransformerHeadPruner
 
 __all__ = [
     "ADMMPruner",
+    "AMCPruner",
     "AutoCompressPruner",
     "LotteryTicketPruner",
     "NetAdaptPruner",
@@ -27,6 +30,7 @@ __all__ = [
     "AGPPruner",
     "AGP_Pruner",
     "FPGMPruner",
+    "HiddenSizePruner",
     "L1FilterPruner",
     "L2FilterPruner",
     "LevelPruner",

@@ -140,12 +140,12 @@ class TransformerHeadPruner(Pruner):
         self.global_sort = bool(global_sort)
         self.num_iterations = num_iterations
         self.epochs_per_iteration = epochs_per_iteration
-        self.optimizer, self.trainer, self.criterion = optimizer, trainer, criterion
+        self.trainer, self.criterion = trainer, criterion
         self.forward_runner = forward_runner
         self.gqa_pruning = gqa_pruning
         self.verbose = verbose
         self.dummy_input = dummy_input
-        super().__init__(model, config_list, plugins=plugins)
+        super().__init__(model, config_list, optimizer, plugins=plugins)
         if attention_name_groups is not None:
             groups = groups_from_names(model, attention_name_groups, head_hidden_dim)
         else:

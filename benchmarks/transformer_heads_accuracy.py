@@ -1,27 +1,32 @@
 """Accuracy of a small ViT on digits after TransformerHeadPruner removes half of its heads.
 
     python benchmarks/transformer_heads_accuracy.py [--criteria l1_weight taylorfo ...] [--sparsity 0.5]
-        [--epochs 40] [--finetune-epochs 10] [--finetune-lr 2e-3] [--seed 0] [--global-sort]
+        [--iterations 4] [--epochs-per-iteration 1] [--epochs 40] [--finetune-epochs 10] [--finetune-lr 2e-3]
+        [--seed 0] [--global-sort] [--dense-cache dense.pt]
 
 A Hugging Face ``ViTForImageClassification`` built from a config (1 channel, 8x8 images, 2x2 patches,
 hidden 64, 4 layers of 8 heads of 8 features, random init) trains on the digits train split (1,347
-images) for ``--epochs`` epochs; each criterion then prunes ``--sparsity`` of the heads of a copy of
-it (every layer loses the same number, or ``--global-sort``), and the copy is fine-tuned for
-``--finetune-epochs`` epochs with its masks in place (Adam, cosine schedule from ``--finetune-lr``,
-as the dense training). Accuracy is on the digits test split (450 images). "params" counts the
-parameters the pruned heads leave (masked entries of Q, K, V and O not counted). Finally the
-fine-tuned masked ViT is really shrunk (``nncore.speedup.ModelSpeedup``): its parameter count, and
-its accuracy and logits against the masked model's. Everything is seeded; prints a markdown table.
+images) for ``--epochs`` epochs. Each criterion then prunes ``--sparsity`` of the heads of a copy of
+it (every layer loses the same number, or ``--global-sort``) in ``--iterations`` steps with
+``--epochs-per-iteration`` epochs of training between them (the pruner's ``num_iterations`` and
+``trainer``; Adam, lr 1e-3), and the copy is fine-tuned for ``--finetune-epochs`` epochs with its
+masks in place (Adam, cosine schedule from ``--finetune-lr``, as the dense training). Accuracy is on
+the digits test split (450 images). "params" counts the parameters the pruned heads leave (masked
+entries of Q, K, V and O not counted). Finally the fine-tuned masked ViT is really shrunk
+(``nncore.speedup.ModelSpeedup``): its parameter count, and its accuracy and logits against the
+masked model's. Everything is seeded; prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from nncore.artifacts import load_torch, save_torch
 from nncore.builtin_pruners import TransformerHeadPruner
 from nncore.builtin_pruners.head_criteria import CRITERIA
 from nncore.data import accuracy, digits_data, train_epochs
@@ -58,10 +63,10 @@ def count_params(model: nn.Module, masks: dict | None = None) -> int:
     return total
 
 
-def prune_copy(dense: nn.Module, criterion: str, sparsity: float, global_sort: bool, data, seed: int):
+def prune_copy(dense: nn.Module, criterion: str, args: argparse.Namespace, data):
     """A pruned copy of ``dense`` and its pruner (still wrapped, so fine-tuning keeps the masks)."""
     model = copy.deepcopy(dense)
-    torch.manual_seed(seed)
+    torch.manual_seed(args.seed)
 
     def forward_runner(m: nn.Module) -> None:
         with torch.no_grad():
@@ -76,8 +81,9 @@ def prune_copy(dense: nn.Module, criterion: str, sparsity: float, global_sort: b
             optimizer.step()
 
     pruner = TransformerHeadPruner(
-        model, [{"sparsity": sparsity, "op_types": ["Linear"]}], HEAD_DIM, attention_groups(),
-        ranking_criterion=criterion, global_sort=global_sort, optimizer=torch.optim.Adam(model.parameters(), lr=1e-4),
+        model, [{"sparsity": args.sparsity, "op_types": ["Linear"]}], HEAD_DIM, attention_groups(),
+        ranking_criterion=criterion, global_sort=args.global_sort, num_iterations=args.iterations,
+        epochs_per_iteration=args.epochs_per_iteration, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
         trainer=trainer, criterion=nn.CrossEntropyLoss(), forward_runner=forward_runner, verbose=False,
     )
     pruner.compress()
@@ -93,6 +99,9 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--global-sort", action="store_true")
+    parser.add_argument("--iterations", type=int, default=4, help="the pruner's num_iterations")
+    parser.add_argument("--epochs-per-iteration", type=int, default=1)
+    parser.add_argument("--dense-cache", help="load the trained dense ViT from this file, or save it there")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,16 +110,24 @@ def main() -> None:
     torch.manual_seed(args.seed)
     dense = DigitsViT()
     start = time.perf_counter()
-    train_epochs(dense, data.train_loader, args.epochs, lr=2e-3, verbose=False)
+    if args.dense_cache and Path(args.dense_cache).is_file():
+        dense.load_state_dict(load_torch(args.dense_cache, "dense cache"))
+        how = f"loaded from {args.dense_cache}"
+    else:
+        train_epochs(dense, data.train_loader, args.epochs, lr=2e-3, verbose=False)
+        if args.dense_cache:
+            save_torch(dense.state_dict(), args.dense_cache)
+        how = f"{args.epochs} epochs in {time.perf_counter() - start:.0f} s"
     dense_accuracy = accuracy(dense, data.test_loader)
     rows = [("dense", "-", LAYERS * HEADS, count_params(dense), dense_accuracy)]
-    print(f"dense: {args.epochs} epochs in {time.perf_counter() - start:.0f} s, accuracy {dense_accuracy:.4f}", flush=True)
+    print(f"dense: {how}, accuracy {dense_accuracy:.4f}", flush=True)
 
     for criterion in args.criteria:
-        model, pruner = prune_copy(dense, criterion, args.sparsity, args.global_sort, data, args.seed)
+        model, pruner = prune_copy(dense, criterion, args, data)
         heads = LAYERS * HEADS - sum(map(len, pruner.pruned_heads.values()))
         params = count_params(model, pruner.masks())
-        rows.append((f"pruned {args.sparsity:.0%}", criterion, heads, params, accuracy(model, data.test_loader)))
+        steps = f" in {args.iterations} steps" if args.iterations > 1 else ""
+        rows.append((f"pruned {args.sparsity:.0%}{steps}", criterion, heads, params, accuracy(model, data.test_loader)))
         torch.manual_seed(args.seed)
         train_epochs(model, data.train_loader, args.finetune_epochs, lr=args.finetune_lr, verbose=False)
         masks = pruner.masks()

@@ -610,3 +610,23 @@ def test_a_wrapped_multihead_attention_deep_copies_with_its_masks():
     clone(torch.randn(2, 3, 8)).sum().backward()
     optimizer.step()
     assert clone.attn.module.in_proj_weight[:8].reshape(4, -1).eq(0).all(dim=1).sum() == 2
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError,
+                   reason="nncore.speedup reads entry['weight'] of every mask entry (journal.filter_masks), and an "
+                          "nn.MultiheadAttention's entry has in_proj_weight instead")
+def test_speedup_removes_multihead_attention_heads_from_the_pruners_masks():
+    from nncore.speedup import ModelSpeedup
+
+    torch.manual_seed(0)
+    model = MHANet().eval()
+    x = torch.randn(2, 5, 8)
+    pruner = prune(model, head_hidden_dim=2, groups=MHA_GROUPS)
+    masks = pruner.masks()
+    pruner.unwrap_model()
+    with torch.no_grad():
+        masked = model(x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert model.attn.num_heads == 2
+    with torch.no_grad():
+        assert torch.allclose(model(x), masked, atol=1e-5)

@@ -145,3 +145,31 @@ def test_groups_found_from_dummy_input_are_the_named_groups(case):
     assert [[g.q, g.k, g.v, g.o] for g in pruner.attention_groups] == groups
     assert [(g.num_heads, g.num_kv_heads, g.fused) for g in pruner.attention_groups] == \
         [(4, 2 if case == "llama" else 4, case == "gpt2")] * 2
+
+
+@pytest.mark.parametrize("case, options", [("bert", {}), ("gpt2", {}), ("llama", {}),
+                                           ("llama", {"gqa_pruning": "query_heads"}), ("vit", {})])
+def test_speedup_removes_the_pruned_heads(case, options):
+    from nncore.speedup import ModelSpeedup
+
+    build, groups, run = CASES[case]
+    torch.manual_seed(0)
+    model = build().eval()
+    pruner = TransformerHeadPruner(model, [{"sparsity": 0.5, "op_types": ["default"]}], 8, groups, verbose=False,
+                                   **options)
+    pruner.compress()
+    masks = pruner.masks()
+    pruner.unwrap_model()
+    with torch.no_grad():
+        masked = run(model)
+    before = sum(p.numel() for p in model.parameters())
+    dummy = torch.zeros(1, 1, 8, 8) if case == "vit" else IDS
+    ModelSpeedup(model, dummy, masks).speedup_model()
+    removed = before - sum(p.numel() for p in model.parameters())
+    # per layer 2 of 4 query heads (8 features each, hidden 32): their rows of Q (+bias) and columns of O,
+    # and the rows of K and V (+bias) of the key/value heads that go (none when only query heads go)
+    bias = case != "llama"
+    kv_heads_removed = 0 if options else (1 if case == "llama" else 2)
+    assert removed == 2 * (2 * 8 * (32 + bias) + 2 * 8 * 32 + 2 * kv_heads_removed * 8 * (32 + bias))
+    with torch.no_grad():
+        assert torch.allclose(run(model), masked, atol=1e-5)

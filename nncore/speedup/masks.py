@@ -2,28 +2,28 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import nn
 
-from nncore.artifacts import MaskDict, load_masks
+from nncore.artifacts import MaskDict, read_mask_file
 from nncore.errors import ArtifactError
 
 
-def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDict) -> MaskDict:
+def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDict, map_location: Any = None) -> MaskDict:
     """Load masks (``torch.load(weights_only=True)`` for files) and check every entry fits ``model``.
 
     :raises ArtifactError: not a mask file, or an entry names no module or has the wrong shape.
     """
     source = "masks" if isinstance(masks_file_or_dict, dict) else f"mask file {str(masks_file_or_dict)!r}"
-    masks = load_masks(masks_file_or_dict)
+    masks = read_mask_file(masks_file_or_dict, map_location)[0]
     modules = dict(model.named_modules())
     for name, entry in masks.items():
         module = modules.get(name)
         if module is None:
             raise ArtifactError(f"{source}: entry {name!r} names no module of {type(model).__name__}")
-        for key in ("weight", "bias"):
-            mask = entry.get(key)
+        for key, mask in entry.items():
             param = getattr(module, key, None)
             if mask is None:
                 continue
@@ -37,12 +37,11 @@ def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDic
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: MaskDict) -> None:
-    """Multiply every masked weight and bias by its mask, in place."""
+    """Multiply every masked parameter (weight, bias, ``in_proj_weight`` ...) by its mask, in place."""
     modules = dict(model.named_modules())
     for name, entry in masks.items():
         module = modules[name]
-        for key in ("weight", "bias"):
-            mask = entry.get(key)
+        for key, mask in entry.items():
             if mask is not None:
                 param = getattr(module, key)
                 param.mul_(mask.to(device=param.device, dtype=param.dtype))

@@ -189,9 +189,10 @@ def _onnx_bytes(plain: nn.Module, example: ExampleInputs) -> tuple[bytes, Scopes
     """The TorchScript export of ``plain`` on the example, and the scopes of its nodes."""
     wrapper = _Exportable(plain, example).eval()
     result: list[Any] = []
-    with torch.no_grad():
-        scopes = Scopes.record(wrapper, lambda: result.append(wrapper(*example.tensors.values())), prefix=WRAPPED)
-        outputs = [name for name, _ in _output_tensors(example.call(plain, *example.tensors.values()))]
+    with torch.no_grad():  # the wrapper writes no scope of its own: calling the model directly names the same scopes
+        scopes = Scopes.record(wrapper, lambda: result.append(example.call(plain, *example.tensors.values())),
+                               prefix=WRAPPED)
+    outputs = [name for name, _ in _output_tensors(result[0])]
     if not outputs:
         raise ConfigError("the model returns no tensor to export", header="invalid argument")
     buffer = io.BytesIO()

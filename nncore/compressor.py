@@ -556,19 +556,32 @@ class Quantizer(Compressor):
             raise NncoreError(f"{type(self).__name__}.{what}: call compress() first")
 
     def clean_state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state_dict under the original model's keys, weights holding their quantized values."""
+        """The model's state_dict under the original model's keys, weights holding their quantized
+        values (with the modules' versions in ``_metadata``, so it loads into any model of the
+        original class)."""
         self._require_wrapped("clean_state_dict")
         state: dict[str, torch.Tensor] = {}
+        versions: dict[str, Any] = {}
         written: set[str] = set()
-        for key, value in self.bound_model.state_dict().items():
+        source = self.bound_model.state_dict()
+        for key, value in source.items():
             owner = next((name for name in self.wrappers if key.startswith(name + ".")), None)
             if owner is None:
                 state[key] = value.detach().clone()
             elif owner not in written:
                 written.add(owner)
                 for name, module in self.wrappers[owner].original_modules().items():
-                    state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-        return state
+                    original = module.state_dict(prefix=f"{name}.")
+                    state.update(original)
+                    versions.update({prefix.rstrip("."): value for prefix, value in original._metadata.items()})
+
+        def unwrapped(prefix: str) -> str | None:
+            inside = any(prefix == name or prefix.startswith(name + ".") for name in self.wrappers)
+            return None if inside else prefix
+
+        result = keep_metadata(state, source, unwrapped)
+        result._metadata.update(versions)  # type: ignore[attr-defined]
+        return result
 
     def calibration_config(self) -> dict[str, dict[str, Any]]:
         """``{layer name: {'weight_bits', 'weight_scale', 'weight_zero_point', 'min_weight',

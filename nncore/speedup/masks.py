@@ -23,8 +23,7 @@ def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDic
         module = modules.get(name)
         if module is None:
             raise ArtifactError(f"{source}: entry {name!r} names no module of {type(model).__name__}")
-        for key in ("weight", "bias"):
-            mask = entry.get(key)
+        for key, mask in entry.items():
             param = getattr(module, key, None)
             if mask is None:
                 continue
@@ -38,12 +37,11 @@ def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDic
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: MaskDict) -> None:
-    """Multiply every masked weight and bias by its mask, in place."""
+    """Multiply every masked parameter (weight, bias, ``in_proj_weight`` ...) by its mask, in place."""
     modules = dict(model.named_modules())
     for name, entry in masks.items():
         module = modules[name]
-        for key in ("weight", "bias"):
-            mask = entry.get(key)
+        for key, mask in entry.items():
             if mask is not None:
                 param = getattr(module, key)
                 param.mul_(mask.to(device=param.device, dtype=param.dtype))

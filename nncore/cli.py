@@ -1,6 +1,6 @@
 """The ``nncore`` console script: list algorithms, print schemas, validate configs, run jobs.
 
-Subcommands ``compress`` and ``auto`` live in :mod:`nncore.main_job` and :mod:`nncore.auto`;
+Subcommands ``compress`` and ``auto`` live in :mod:`nncore.jobs.compress` and :mod:`nncore.jobs.auto`;
 each such module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 from nncore.errors import ConfigError, NncoreError
 
 JOB_MODULES = {
-    "compress": ("nncore.main_job", "prune, fine-tune, speed up (and quantize) a model"),
-    "auto": ("nncore.auto", "search per-layer sparsities under a FLOPs or params budget"),
+    "compress": ("nncore.jobs.compress", "prune, fine-tune, speed up (and quantize) a model"),
+    "auto": ("nncore.jobs.auto", "search per-layer sparsities under a FLOPs or params budget"),
 }
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from nncore.cli import main
-from nncore.main_job import compressed_cost, effective_flops_params, make_pruner
+from nncore.jobs.cost import compressed_cost, effective_flops_params
+from nncore.jobs.pruning import make_pruner
 from nncore.zoo import DigitsCNN
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,13 +77,13 @@ def test_user_model_data_config_and_sensitivity(tmp_path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps([{"sparsity": 0.5, "op_names": ["conv2"]}]))
     out = tmp_path / "out"
-    status = main(["compress", "--model", "tests.conftest:make_tiny_cnn", "--data", "tests.test_main_job:tiny_data",
+    status = main(["compress", "--model", "tests.conftest:make_tiny_cnn", "--data", "tests.jobs.test_compress:tiny_data",
                    "--config", str(config), "--epochs", "2", "--finetune-epochs", "1", "--sensitivity",
                    "--output", str(out), "--quiet"])
     assert status == 0
     report = json.loads((out / "report.json").read_text())
     assert report["layer_sparsity"] == {"conv2": 0.5}
-    assert report["data"] == "tests.test_main_job:tiny_data (tensors)"
+    assert report["data"] == "tests.jobs.test_compress:tiny_data (tensors)"
     rows = (out / "sensitivity.csv").read_text().splitlines()
     assert rows[0] == "layername,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
     assert [row.split(",")[0] for row in rows[1:]] == ["conv1", "conv2"]
@@ -92,9 +93,9 @@ def test_user_model_data_config_and_sensitivity(tmp_path) -> None:
     ("args", "message"),
     [
         (["--model", "no_such_module:build"], "--model 'no_such_module:build': cannot import 'no_such_module'"),
-        (["--model", "tests.test_main_job:nothing"], "module 'tests.test_main_job' has no attribute 'nothing'"),
-        (["--model", "tests.test_main_job:needs_speedup_model"], "forward on an input of shape (1, 1, 8, 8) failed"),
-        (["--data", "tests.test_main_job:broken_data"], "expected (train_loader, test_loader) or (x_train"),
+        (["--model", "tests.jobs.test_compress:nothing"], "module 'tests.jobs.test_compress' has no attribute 'nothing'"),
+        (["--model", "tests.jobs.test_compress:needs_speedup_model"], "forward on an input of shape (1, 1, 8, 8) failed"),
+        (["--data", "tests.jobs.test_compress:broken_data"], "expected (train_loader, test_loader) or (x_train"),
         (["--algo", "nope"], "nope"),
         (["--sparsity", "1.5"], "--sparsity must be in [0, 1)"),
     ],

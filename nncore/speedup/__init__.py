@@ -8,20 +8,16 @@ removable, and slices each module with a per-type rule. Extend it with
 """
 from __future__ import annotations
 
+from nncore.speedup.analysis import find_attention_groups
+from nncore.speedup.attention import AttentionGroup
 from nncore.speedup.engine import ModelSpeedup, apply_compression_results
 from nncore.speedup.int8 import export_int8_onnx
-from nncore.speedup.rules import (
-    BatchNormRule,
-    ChannelwiseRule,
-    ConvRule,
-    LinearRule,
-    ShrinkRule,
-    register_shrink_rule,
-    unregister_shrink_rule,
-)
+from nncore.speedup.rules import BatchNormRule, ChannelwiseRule, ConvRule, LinearRule, ShrinkRule
+from nncore.speedup.ruletable import register_shrink_rule, unregister_shrink_rule
 from nncore.speedup.summary import SpeedupSummary
 
 __all__ = [
+    "AttentionGroup",
     "BatchNormRule",
     "ChannelwiseRule",
     "ConvRule",
@@ -31,6 +27,7 @@ __all__ = [
     "SpeedupSummary",
     "apply_compression_results",
     "export_int8_onnx",
+    "find_attention_groups",
     "register_shrink_rule",
     "unregister_shrink_rule",
 ]

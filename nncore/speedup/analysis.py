@@ -7,10 +7,14 @@ import attrs
 import numpy as np
 from torch import nn
 
-from nncore.speedup.graph import record_values, trace
+from nncore.speedup.attention import (AttentionGroup, find_cores, output_projection, preferred_splits, projection,
+                                      split_view)
+from nncore.speedup.capture import capture
+from nncore.speedup.context import Context
+from nncore.speedup.graph import module_path
 from nncore.speedup.groups import Decision, decide
-from nncore.speedup.propagate import Context, propagate
-from nncore.speedup.rules import builtin_leaf_types, extra_rules
+from nncore.speedup.propagate import propagate
+from nncore.speedup.ruletable import builtin_leaf_types, extra_rules, find_rule
 
 MAX_SPLIT_TRIALS = 64
 
@@ -25,25 +29,31 @@ def split_inputs(dummy_input: Any) -> tuple[tuple, dict]:
 
 
 class Analysis:
-    """Trace once, record one forward pass, propagate channel classes, decide what goes.
+    """Capture once, propagate channel classes, decide what goes.
 
-    :ivar gm: the traced ``torch.fx.GraphModule`` (shares submodules with the traced model)
+    :ivar capture: the captured graph(s) of the model (:class:`~nncore.speedup.capture.Capture`)
     :ivar ctx: the analysis context of the chosen split layout
     :ivar decision: removed classes and the reasons others were kept
-    :ivar opaque: submodules that could not be traced and are kept as barriers
     """
 
     def __init__(self, model: nn.Module, dummy_input: Any, masks: dict | None = None) -> None:
         self.rules = extra_rules()
-        self.gm, self.opaque = trace(model, tuple(self.rules) + builtin_leaf_types())
         args, kwargs = split_inputs(dummy_input)
-        self.values = record_values(self.gm, args, kwargs)
+        self.capture = capture(model, args, kwargs, lambda module: find_rule(module, self.rules) is not None,
+                               tuple(self.rules) + builtin_leaf_types())
         self.masks = dict(masks or {})
-        self.cache: dict = {}
+        self.cores = find_cores(self.capture)
+        self.cache: dict = {"preferred": preferred_splits(self.capture, self.cores)}
         self.ctx, self.decision = self._best_layout()
 
+    @property
+    def requested(self) -> bool:
+        """Whether a norm's mask asks to remove hidden channels (the result is then the smaller
+        architecture, not the masked model's function)."""
+        return any(flag for _, flag, _ in self.ctx.classes.requests)
+
     def _run(self, choices: dict) -> tuple[Context, Decision]:
-        ctx = propagate(self.gm, self.values, self.masks, choices, self.rules, self.cache)
+        ctx = propagate(self.capture, self.masks, choices, self.rules, self.cache)
         return ctx, _keep_one_channel(ctx, decide(ctx.classes))
 
     @staticmethod
@@ -54,10 +64,11 @@ class Analysis:
         """Greedy choice of the carrier dimension at every channel split (heads vs. groups)."""
         choices: dict = {}
         ctx, decision = self._run(choices)
-        if not self.masks or not ctx.splits or len(ctx.splits) > MAX_SPLIT_TRIALS:
+        open_splits = {key: count for key, count in ctx.splits.items() if key[0] not in ctx.preferred}
+        if not self.masks or not open_splits or len(open_splits) > MAX_SPLIT_TRIALS:
             return ctx, decision
         best = self._score(decision)
-        for key, count in sorted(ctx.splits.items()):
+        for key, count in open_splits.items():
             for alternative in range(count):
                 trial = {**choices, key: alternative}
                 trial_ctx, trial_decision = self._run(trial)
@@ -75,7 +86,7 @@ class Analysis:
             if owner.startswith("attr:"):
                 continue
             if axis == key or (key == "out" and axis == "channels"
-                               and isinstance(self.gm.get_submodule(owner), nn.modules.conv._ConvNd)):
+                               and isinstance(self.capture.get_submodule(owner), nn.modules.conv._ConvNd)):
                 found[owner] = roots[slots]
         return found
 
@@ -125,3 +136,40 @@ def coupled_sets(analysis: Analysis) -> list[set[str]]:
     for name in layers:
         sets.setdefault(find(name), set()).add(name)
     return list(sets.values())
+
+
+def find_attention_groups(model: nn.Module, dummy_input: Any) -> list[AttentionGroup]:
+    """The multi-head attentions of ``model``, found from one captured forward on ``dummy_input``.
+
+    Finds ``scaled_dot_product_attention`` calls and the eager ``softmax(q @ k^T) @ v`` pattern,
+    then walks back from query, key and value to the projections that produce them (a fused
+    ``[q | k | v]`` projection counts once) and forward to the output projection. Attentions whose
+    projections are not single modules (``nn.MultiheadAttention`` keeps its own) are left out.
+    """
+    rules = extra_rules()
+    args, kwargs = split_inputs(dummy_input)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        captured = capture(model, args, kwargs, lambda module: find_rule(module, rules) is not None,
+                           tuple(rules) + builtin_leaf_types())
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    groups = []
+    for core in find_cores(captured):
+        names = []
+        for node in (core.q, core.k, core.v):
+            view = split_view(node, captured.values)
+            names.append(projection(view)[0] if view is not None else None)
+        out = output_projection(core.node)
+        if None in names or out is None:
+            continue
+        values = captured.values
+        q_heads, head_dim = int(values[core.q].shape[-3]), int(values[core.q].shape[-1])
+        k_view = split_view(core.k, values)
+        kv_heads = int(values[k_view].shape[-2])
+        groups.append(AttentionGroup(name=module_path(core.node), q=names[0], k=names[1], v=names[2], o=out,
+                                     num_heads=q_heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                                     fused=len(set(names)) == 1))
+    return groups

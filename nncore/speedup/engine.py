@@ -16,8 +16,12 @@ from nncore.speedup.analysis import Analysis, split_inputs
 from nncore.speedup.masks import apply_masks, read_masks
 from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, mask_weights, owner_of,
                                     replace_module, set_attr, use_graph_forward, zero_filters)
+from nncore.speedup.capture import flat_tensors
+from nncore.speedup.heads import update_head_attributes
 from nncore.speedup.rewrite import rewrite_graph
-from nncore.speedup.rules import ConvRule, LinearRule, extra_rules, find_rule
+from nncore.speedup.rules import ConvRule, LinearRule
+from nncore.speedup.ruletable import extra_rules, find_rule
+from nncore.speedup.tying import retie_parameters, tied_parameters
 from nncore.speedup.summary import SpeedupSummary
 
 logger = logging.getLogger(__name__)
@@ -29,18 +33,15 @@ NOTHING_STRUCTURAL = ("the masks prune no whole channel (fine-grained masks): no
                       "structurally; the masks were applied to the weights and the model is unchanged in shape")
 
 
-def _flat_tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _flat_tensors(item)]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in _flat_tensors(item)]
-    return []
+CAPTURE_NOTES = {
+    "fx": "captured with torch.fx symbolic tracing",
+    "dispatch": "captured by recording one forward pass (torch.fx cannot trace this model); the model keeps its "
+                "own forward",
+}
 
 
 def _difference(reference: Any, result: Any) -> tuple[float, float]:
-    refs, outs = _flat_tensors(reference), _flat_tensors(result)
+    refs, outs = flat_tensors(reference), flat_tensors(result)
     if len(refs) != len(outs) or any(r.shape != o.shape for r, o in zip(refs, outs)):
         return float("inf"), 1.0
     diff = max((float((r - o).abs().max()) for r, o in zip(refs, outs) if r.numel()), default=0.0)
@@ -119,61 +120,59 @@ class ModelSpeedup:
         except Exception as exc:
             raise SpeedupError(f"speedup could not analyse {type(model).__name__}: "
                                f"{type(exc).__name__}: {exc}") from exc
-        decision = analysis.decision
+        capture, decision = analysis.capture, analysis.decision
         blocked = {r: n for r, n in decision.kept_by.items() if r.startswith("unknown op")}
         if self.strict and blocked:
             raise SpeedupError("strict speedup: pruned channels are blocked by an op the engine does not "
                                "understand: " + "; ".join(blocked) + " (register a rule with "
                                "nncore.speedup.register_shrink_rule or use strict=False to keep them)")
-        notes = []
+        notes = [CAPTURE_NOTES[capture.method]]
         masked_filters, kept_filters = self._count_filters(analysis)
         kept_by = dict(decision.kept_by)
         if kept_filters:
             if not kept_by:
                 kept_by[CONSTANT_REASON] = kept_filters
             notes.append(f"{kept_filters} of {masked_filters} masked filters kept (reasons above)")
-        if analysis.opaque:
-            notes.append("traced with torch.fx; opaque (untraceable) submodules kept whole: "
-                         + ", ".join(analysis.opaque))
+        if capture.unvisited:
+            notes.append("modules that no captured forward ran keep their channels: " + ", ".join(capture.unvisited))
         if kept_by:
             warnings.warn(("speedup removed nothing: " if not decision.removed else "speedup kept pruned channels: ")
                           + "; ".join(f"{reason} ({count})" for reason, count in kept_by.items()),
                           UserWarning, stacklevel=3)
         if not decision.removed:
-            if not masked_filters:
+            if not masked_filters and not analysis.requested:
                 notes.append(NOTHING_STRUCTURAL)
                 warnings.warn(NOTHING_STRUCTURAL, UserWarning, stacklevel=3)
             self._finish_masking(analysis, deferred, {}, journal)
-            self.summary = SpeedupSummary(kept_by=kept_by, notes=tuple(notes),
-                                          opaque_modules=tuple(analysis.opaque))
+            self.summary = SpeedupSummary(kept_by=kept_by, notes=tuple(notes))
             logger.info("%s", self.summary)
             return model
         diff = None
         try:
-            if self.verify:
-                with torch.no_grad():
-                    reference = analysis.gm(*args, **kwargs)
-            shrunk, replaced, attrs_changed = self._shrink(analysis, journal)
+            tied = tied_parameters(model)
+            shrunk = self._shrink(analysis, journal)
+            retie_parameters(tied, journal)
             self._finish_masking(analysis, deferred, shrunk, journal)
-            rewritten = rewrite_graph(analysis.ctx, decision)
-            if self.verify:
+            changed_attributes = update_head_attributes(analysis, journal)
+            rewritten = self._rewrite(analysis, journal)
+            if self.verify or capture.method == "dispatch":
                 with torch.no_grad():
-                    result = analysis.gm(*args, **kwargs)
+                    result = model(*args, **kwargs)
         except SpeedupError:
             raise
         except Exception as exc:
             raise SpeedupError(f"speedup failed while shrinking {type(model).__name__} "
                                f"(the model is unchanged): {type(exc).__name__}: {exc}") from exc
-        if self.verify:
-            diff, scale = _difference(reference, result)
+        if self.verify and not analysis.requested:
+            diff, scale = _difference(capture.output, result)
             if not diff <= RELATIVE_TOLERANCE * scale + 1e-6:
                 raise SpeedupError(f"speedup self-check failed: the shrunk model differs from the masked model "
                                    f"by {diff:.3g} (output scale {scale:.3g}); the model is unchanged. Please "
                                    f"report this model; register a rule for the op involved meanwhile")
-        self._commit(analysis, replaced, attrs_changed, rewritten)
+        if changed_attributes:
+            notes.append("attributes updated: " + ", ".join(changed_attributes))
         self.summary = SpeedupSummary(shrunk=shrunk, kept_by=kept_by, notes=tuple(notes),
-                                      rewritten=tuple(rewritten), opaque_modules=tuple(analysis.opaque),
-                                      max_abs_diff=diff)
+                                      rewritten=tuple(rewritten), max_abs_diff=diff)
         logger.info("%s", self.summary)
         return model
 
@@ -210,33 +209,33 @@ class ModelSpeedup:
             kept = None
             if name in shrunk and slots is not None:
                 kept = np.nonzero(~decision.removed_mask(slots))[0]
-            zero_filters(analysis.gm.get_submodule(name), zero_rows, kept, journal)
+            zero_filters(self.model.get_submodule(name), zero_rows, kept, journal)
 
-    def _shrink(self, analysis: Analysis, journal: Journal) -> tuple[dict, dict, dict]:
-        decision, records, gm = analysis.decision, analysis.ctx.records, analysis.gm
+    def _shrink(self, analysis: Analysis, journal: Journal) -> dict:
+        """Slice every module and attribute with a removed index, in place (journaled)."""
+        decision, records, model = analysis.decision, analysis.ctx.records, self.model
         by_owner: dict[str, dict[str, np.ndarray]] = {}
         for (owner, key), slots in records.items():
             by_owner.setdefault(owner, {})[key] = slots
-        shrunk, replaced, attrs_changed = {}, {}, {}
+        shrunk = {}
         for owner, axes in by_owner.items():
             removed = {key: decision.removed_mask(slots) for key, slots in axes.items()}
             if not any(mask.any() for mask in removed.values()):
                 continue
             if owner.startswith("attr:"):
                 target = owner[len("attr:"):]
-                tensor = gm.get_parameter(target) if target in dict(gm.named_parameters()) else get_attr(gm, target)
+                tensor = get_attr(model, target)
                 before = tuple(tensor.shape)
                 for d in range(tensor.dim()):
                     mask = removed.get(str(d))
                     if mask is not None and mask.any():
                         keep = torch.as_tensor(np.nonzero(~mask)[0], dtype=torch.long, device=tensor.device)
                         tensor = tensor.index_select(d, keep)
-                attrs_changed[target] = tensor
-                journal.touch(owner_of(gm, target))
-                set_attr(gm, target, tensor)
+                journal.touch(owner_of(model, target))
+                set_attr(model, target, tensor)
                 shrunk[target] = (before, tuple(tensor.shape))
                 continue
-            module = gm.get_submodule(owner)
+            module = model.get_submodule(owner)
             rule = find_rule(module, analysis.rules)
             before = _shape_of(module)
 
@@ -246,24 +245,25 @@ class ModelSpeedup:
             journal.touch(module)
             new = rule.shrink(module, kept)
             if new is not None:
-                replace_module(gm, owner, new)
-                replaced[owner] = new
+                journal.touch(owner_of(model, owner))
+                replace_module(model, owner, new)
                 module = new
             shrunk[owner] = (before, _shape_of(module))
-        return shrunk, replaced, attrs_changed
+        return shrunk
 
-    def _commit(self, analysis, replaced, attrs_changed, rewritten) -> None:
-        """Make the user's model the shrunk one (sliced modules are already its own)."""
-        model, gm = self.model, analysis.gm
-        for owner, module in replaced.items():
-            replace_module(model, owner, module)
-        for target, tensor in attrs_changed.items():
-            set_attr(model, target, tensor)
+    def _rewrite(self, analysis: Analysis, journal: Journal) -> list[str]:
+        """fx captures: patch literal sizes in the graph and make it the model's forward."""
+        gm = analysis.capture.graph_module
+        if gm is None:
+            return []
+        rewritten = rewrite_graph(analysis.ctx, analysis.decision, gm)
         if rewritten:
+            journal.touch(self.model)
             for node in gm.graph.nodes:
-                if node.op == "get_attr" and not has_attr(model, node.target):
-                    set_attr(model, node.target, get_attr(gm, node.target))
-            use_graph_forward(model, type(gm).forward)
+                if node.op == "get_attr" and not has_attr(self.model, node.target):
+                    set_attr(self.model, node.target, get_attr(gm, node.target))
+            use_graph_forward(self.model, type(gm).forward)
+        return rewritten
 
 
 def apply_compression_results(model: nn.Module, mask_path: str | os.PathLike | MaskDict,

@@ -1,30 +1,24 @@
 """Handlers for functions, tensor methods and Python operators in the traced graph."""
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.fx as fx
 
-from nncore.speedup import shapes
+from nncore.speedup import attention, norms, shapes
+from nncore.speedup.graph import op_name
 from nncore.speedup.info import TInfo, no_zero, norm_dim, pinned_vector
-from nncore.speedup.propagate import Context, unknown_info
+from nncore.speedup.context import Context, unknown_info
 
-_OPERATORS = {
-    operator.add: "add", operator.iadd: "add", operator.sub: "sub", operator.isub: "sub",
-    operator.mul: "mul", operator.imul: "mul", operator.truediv: "div", operator.itruediv: "div",
-    operator.floordiv: "div", operator.matmul: "matmul", operator.neg: "neg",
-    operator.getitem: "getitem", getattr: "getattr",
-}
 KEEP_ZERO = {
     "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "gelu", "silu",
     "silu_", "hardswish", "hardswish_", "mish", "elu", "elu_", "selu", "celu", "tanh", "tanh_", "neg",
     "abs", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type", "type_as",
     "sign", "sqrt", "square", "erf", "sin", "identity", "requires_grad_", "cpu", "cuda",
-    "hardshrink", "softshrink", "tanhshrink", "prelu",
+    "hardshrink", "softshrink", "tanhshrink", "prelu", "data", "real",
 }
 NO_ZERO = {
     "sigmoid", "sigmoid_", "hardsigmoid", "exp", "cos", "rsqrt", "reciprocal", "softplus", "log",
@@ -42,16 +36,10 @@ VIEWS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "vie
          "squeeze_", "unsqueeze_", "ravel"}
 REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod",
               "nansum", "nanmean"}
+FRESH = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "randint_like",
+         "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+"""Ops whose output only borrows its input's shape (or dtype): the input's channels are not read."""
 SHAPE_ATTRS = {"size", "dim", "numel", "ndimension", "nelement", "getattr", "is_contiguous", "__len__"}
-
-
-def op_name(node: fx.Node) -> str:
-    """A normalised name for the function or method a node calls."""
-    if node.op == "call_method":
-        return str(node.target)
-    if node.target in _OPERATORS:
-        return _OPERATORS[node.target]
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def _arg(args, kwargs, index: int, name: str, default: Any = None) -> Any:
@@ -190,13 +178,21 @@ def _reduction(ctx: Context, node: fx.Node, name: str, info: TInfo, args, kwargs
     dims = _arg(args, kwargs, 1, "dim")
     if dims is None and name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
         return elementwise(ctx, [info, ctx.info(node.args[1])], value, "and")
+    summing = name in ("sum", "nansum")  # a zero channel adds nothing: it may go
     if dims is None:
-        ctx.pin_all(info, f"{ctx.op_label(node)} (reduces the whole tensor)")
+        if summing:
+            for slots, zero in zip(info.slots, info.zero):
+                ctx.classes.read(slots, zero)
+        else:
+            ctx.pin_all(info, f"{ctx.op_label(node)} (reduces the whole tensor)")
         return unknown_info(value)
     dims = [norm_dim(int(d), info.ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
     keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
     for d in dims:
-        ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (reduces over channels)")
+        if summing:
+            ctx.classes.read(info.slots[d], info.zero[d])
+        else:
+            ctx.classes.pin(info.slots[d], f"{ctx.op_label(node)} (reduces over channels)")
     slots, zeros = [], []
     for d in range(info.ndim):
         if d in dims:
@@ -230,6 +226,23 @@ def _pad(ctx: Context, node: fx.Node, info: TInfo, pad, value: torch.Tensor) -> 
     return TInfo(slots, zeros)
 
 
+def _setitem(ctx: Context, node: fx.Node, target: Any, value: Any) -> Any:
+    """``x[index] = y``: the written channels now hold ``y``'s; plain slices keep the channels
+    aligned, anything else keeps them."""
+    source = ctx.info(node.args[2]) if len(node.args) > 2 else None
+    if not isinstance(target, TInfo):
+        return unknown_info(value)
+    index = ctx.value(node.args[1])
+    items = index if isinstance(index, tuple) else (index,)
+    plain = all(isinstance(i, slice) and i == slice(None) for i in items if i is not Ellipsis)
+    if isinstance(source, TInfo) and plain and tuple(source.sizes()) == tuple(target.sizes()):
+        return elementwise(ctx, [target, source], value, "none")
+    if isinstance(source, TInfo):
+        ctx.pin_all(source, f"{ctx.op_label(node)} (writes into part of a tensor)")
+    ctx.pin_all(target, f"{ctx.op_label(node)} (writes into part of a tensor)")
+    return target.without_zero()
+
+
 def _pin_dims(ctx: Context, node: fx.Node, info: TInfo, dims, why: str) -> TInfo:
     for d in dims:
         ctx.classes.pin(info.slots[norm_dim(int(d), info.ndim)], f"{ctx.op_label(node)} ({why})")
@@ -250,13 +263,21 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
         return None if not isinstance(value, torch.Tensor) else unknown_info(value)
     if name == "getitem":
         return _getitem(ctx, node, first, args[1], value)
+    if name in FRESH:
+        return unknown_info(value)
+    if name == "scaled_dot_product_attention":
+        return attention.scaled_dot_product(ctx, node, value)
+    if name == "setitem":
+        return _setitem(ctx, node, first, value)
     if not isinstance(first, TInfo):
         if name in ("cat", "concat", "concatenate", "stack") and isinstance(first, (list, tuple)):
-            infos = list(first)
-            if all(isinstance(i, TInfo) for i in infos):
+            pieces = [(i, v) for i, v in zip(first, args[0])  # torch skips 1-d empty tensors in cat
+                      if not (isinstance(v, torch.Tensor) and v.dim() == 1 and v.shape[0] == 0 and value.dim() > 1)]
+            infos = [i for i, _ in pieces]
+            if infos and all(isinstance(i, TInfo) for i in infos):
                 dim = _arg(args, kwargs, 1, "dim", 0)
                 if name == "stack":
-                    infos = [shapes.reshape(ctx, node, i, v.unsqueeze(dim).shape) for i, v in zip(infos, args[0])]
+                    infos = [shapes.reshape(ctx, node, i, v.unsqueeze(dim).shape) for i, v in pieces]
                 return shapes.cat(ctx, infos, dim)
         if name in SUMS and isinstance(ctx.info(node.args[1]) if len(node.args) > 1 else None, TInfo):
             operands = [ctx.info(a) if isinstance(a, fx.Node) else a for a in node.args[:2]]
@@ -264,6 +285,10 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
         return ctx.barrier(node, value)
     if name in KEEP_ZERO:
         return first
+    if name in ("mT", "mH"):
+        return shapes.transpose(first, -2, -1)
+    if name == "T":
+        return shapes.permute(first, list(range(first.ndim))[::-1])
     if name in NO_ZERO:
         low = _arg(args, kwargs, 1, "min")
         high = _arg(args, kwargs, 2, "max")
@@ -317,8 +342,7 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
     if name == "pad":
         return _pad(ctx, node, first, _arg(args, kwargs, 1, "pad"), value)
     if name == "layer_norm":
-        normalized = _arg(args, kwargs, 1, "normalized_shape")
-        return _pin_dims(ctx, node, first, range(-len(normalized), 0), "normalizes over channels")
+        return norms.functional_layer_norm(ctx, node, first, args, kwargs)
     if name in ("group_norm", "instance_norm", "batch_norm", "local_response_norm"):
         return _pin_dims(ctx, node, first, [1], "normalizes over channels")
     return ctx.barrier(node, value)

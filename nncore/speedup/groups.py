@@ -15,8 +15,22 @@ from collections import defaultdict
 import attrs
 import numpy as np
 
+from nncore.errors import SpeedupError
+
 PIN = 0
 """The class of slots that can never be removed (model inputs, batch and spatial dimensions)."""
+
+
+@attrs.frozen
+class GQAConstraint:
+    """Grouped-query attention: query head ``h`` reads key/value head ``h // (len(q) // len(kv))``.
+
+    Removed query heads must leave the same number in every group; a key/value head goes when
+    every query head of its group goes."""
+
+    name: str
+    q_slots: np.ndarray = attrs.field(eq=False)
+    kv_slots: np.ndarray = attrs.field(eq=False)
 
 
 @attrs.frozen
@@ -34,9 +48,11 @@ class ChannelClasses:
 
     def __init__(self) -> None:
         self.parent: list[int] = [PIN]
-        self.pins: list[tuple[int, str, bool]] = []
+        self.pins: list[tuple[int, str, bool, bool]] = []
         self.reads: list[tuple[int, bool]] = []
+        self.requests: list[tuple[int, bool, str]] = []
         self.constraints: list[GroupConstraint] = []
+        self.gqa: list[GQAConstraint] = []
 
     def new(self, count: int) -> np.ndarray:
         """``count`` fresh, independent slots."""
@@ -78,15 +94,28 @@ class ChannelClasses:
             self.union(first, other)
         return self.find(first)
 
-    def pin(self, slots: np.ndarray, reason: str, zero: np.ndarray | None = None) -> None:
+    def pin(self, slots: np.ndarray, reason: str, zero: np.ndarray | None = None, soft: bool = False) -> None:
         """Mark these slots as unremovable, remembering why (``reason`` names the op).
 
         ``zero[i]`` says slot ``i`` holds an exact zero there: pruned channels being blocked.
+        A ``soft`` pin (a normalization over the channels, the model output) yields to a request
+        to remove hidden channels (:meth:`request`).
         """
         zero = np.zeros(len(slots), dtype=bool) if zero is None else np.asarray(zero, dtype=bool)
         for slot, is_zero in zip(slots.tolist(), zero.tolist()):
             if slot != PIN:
-                self.pins.append((slot, reason, is_zero))
+                self.pins.append((slot, reason, is_zero, soft))
+
+    def request(self, slots: np.ndarray, remove: np.ndarray, owner: str) -> None:
+        """A norm over these channels says, by its mask, which of them leave the residual stream.
+
+        Every norm on one stream must say the same (see :func:`decide`)."""
+        for slot, flag in zip(slots.tolist(), np.asarray(remove, dtype=bool).tolist()):
+            if slot != PIN:
+                self.requests.append((slot, flag, owner))
+
+    def constrain_gqa(self, constraint: GQAConstraint) -> None:
+        self.gqa.append(constraint)
 
     def read(self, slots: np.ndarray, ok: np.ndarray) -> None:
         """A channel-mixing consumer reads ``slots``; ``ok[i]`` says it reads a zero (or ignores it)."""
@@ -113,7 +142,10 @@ class Decision:
 
 
 def decide(classes: ChannelClasses) -> Decision:
-    """Pick the classes to remove (see the module docstring) and resolve grouped convolutions."""
+    """Pick the classes to remove (see the module docstring) and resolve grouped convolutions.
+
+    :raises SpeedupError: norms on one residual stream carry different masks.
+    """
     roots = np.array([classes.find(i) for i in range(len(classes.parent))], dtype=np.int64)
     all_ok: dict[int, bool] = {}
     any_ok: set[int] = set()
@@ -124,12 +156,15 @@ def decide(classes: ChannelClasses) -> Decision:
             any_ok.add(root)
     wanted = {root for root, good in all_ok.items() if good and root != PIN}
     pin_reasons: dict[int, str] = {}
-    for slot, reason, is_zero in classes.pins:
+    hard_reasons: dict[int, str] = {}
+    for slot, reason, is_zero, soft in classes.pins:
         root = int(roots[slot])
         if is_zero and root not in pin_reasons and all_ok.get(root, True):
             wanted.add(root)
             pin_reasons[root] = reason
-    for slot, reason, _ in classes.pins:
+        if not soft:
+            hard_reasons.setdefault(root, reason)
+    for slot, reason, _, _ in classes.pins:
         pin_reasons.setdefault(int(roots[slot]), reason)
     removed = {root for root in wanted if root not in pin_reasons}
     kept_by: dict[str, int] = defaultdict(int)
@@ -140,11 +175,60 @@ def decide(classes: ChannelClasses) -> Decision:
     if conflicts:
         kept_by["coupled channels are not zero everywhere they are read (conflicting masks in the group, "
                 "or an unmasked bias or normalization in between)"] += conflicts
+    for root in _requested(classes, roots):
+        if root in hard_reasons:
+            kept_by[hard_reasons[root]] += 1
+        else:
+            removed.add(root)
     removed = _resolve_groups(classes.constraints, roots, removed, kept_by)
+    removed = _resolve_gqa(classes.gqa, roots, removed, kept_by)
     flags = np.zeros(len(roots), dtype=bool)
     if removed:
         flags[np.fromiter(removed, dtype=np.int64)] = True
     return Decision(removed=frozenset(removed), kept_by=dict(kept_by), roots=roots, removed_slots=flags[roots])
+
+
+def _requested(classes: ChannelClasses, roots: np.ndarray) -> set[int]:
+    """Classes that the norms of their stream ask to remove; norms that disagree are an error."""
+    votes: dict[int, dict[bool, set[str]]] = {}
+    for slot, flag, owner in classes.requests:
+        votes.setdefault(int(roots[slot]), {True: set(), False: set()})[flag].add(owner)
+    for root, by_flag in votes.items():
+        if by_flag[True] and by_flag[False]:
+            raise SpeedupError(
+                "norms on one residual stream must carry the same mask (a zero in a norm's weight mask removes "
+                f"that hidden channel from the whole stream): {sorted(by_flag[True])} prune a channel that "
+                f"{sorted(by_flag[False])} keep")
+    return {root for root, by_flag in votes.items() if by_flag[True] and root != PIN}
+
+
+def _resolve_gqa(constraints: list[GQAConstraint], roots: np.ndarray, removed: set, kept_by) -> set:
+    """Grouped-query attention: whole key/value groups go, and the other groups keep the same
+    number of query heads each."""
+    for constraint in constraints:
+        kv_roots = roots[constraint.kv_slots]
+        q_roots = roots[constraint.q_slots].reshape(len(kv_roots), -1)
+        gone = np.isin(q_roots, list(removed)) if removed else np.zeros(q_roots.shape, bool)
+        full = gone.all(axis=1)
+        if full.all():  # an attention keeps one group
+            full[0] = False
+            gone[0] = False
+            for root in q_roots[0]:
+                removed.discard(int(root))
+            kept_by[f"attention {constraint.name!r} keeps at least one head"] += 1
+        partial = ~full
+        keep_count = int(gone[partial].sum(axis=1).min()) if partial.any() else 0
+        for g in np.nonzero(partial)[0]:
+            for index in np.nonzero(gone[g])[0][keep_count:]:
+                removed.discard(int(q_roots[g, index]))
+                kept_by[f"grouped-query attention {constraint.name!r} keeps the same number of query heads "
+                        f"per key/value head"] += 1
+        for g, root in enumerate(kv_roots.tolist()):
+            if full[g]:
+                removed.add(int(root))
+            else:
+                removed.discard(int(root))
+    return removed
 
 
 def _resolve_groups(constraints, roots, removed: set, kept_by) -> set:

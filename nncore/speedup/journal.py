@@ -18,12 +18,13 @@ class Journal:
     def touch(self, module: nn.Module) -> None:
         """Remember ``module`` as it is now (only the first time)."""
         if id(module) not in self.saved:
-            self.saved[id(module)] = (module, dict(module.__dict__), dict(module._parameters),
+            self.saved[id(module)] = (module, type(module), dict(module.__dict__), dict(module._parameters),
                                       dict(module._buffers), dict(module._modules))
 
     def rollback(self) -> None:
         """Put every touched module back as it was."""
-        for module, attributes, parameters, buffers, modules in self.saved.values():
+        for module, klass, attributes, parameters, buffers, modules in self.saved.values():
+            module.__class__ = klass
             module.__dict__.clear()
             module.__dict__.update(attributes)
             module.__dict__["_parameters"] = parameters

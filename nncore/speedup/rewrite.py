@@ -6,10 +6,10 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from nncore.speedup.functions import op_name
+from nncore.speedup.graph import op_name
 from nncore.speedup.groups import Decision
 from nncore.speedup.info import TInfo, norm_dim
-from nncore.speedup.propagate import Context
+from nncore.speedup.context import Context
 
 
 def _kept(decision: Decision, slots: np.ndarray) -> np.ndarray:
@@ -119,10 +119,10 @@ def _rewrite_expand(node: fx.Node, ctx: Context, decision: Decision) -> bool:
     return True
 
 
-def rewrite_graph(ctx: Context, decision: Decision) -> list[str]:
-    """Patch literal sizes in the graph; returns the names of the nodes changed."""
+def rewrite_graph(ctx: Context, decision: Decision, gm: fx.GraphModule) -> list[str]:
+    """Patch literal sizes in ``gm``'s graph; returns the names of the nodes changed."""
     changed = []
-    for node in ctx.gm.graph.nodes:
+    for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_method"):
             continue
         name = op_name(node)
@@ -138,5 +138,5 @@ def rewrite_graph(ctx: Context, decision: Decision) -> list[str]:
         if done:
             changed.append(node.name)
     if changed:
-        ctx.gm.recompile()
+        gm.recompile()
     return changed

@@ -1,9 +1,9 @@
-"""Per-module-type shrinking rules and the registry users and plugins extend.
+"""Per-module-type shrinking rules for torch's own layers.
 
 A rule does two things: during analysis it tells how channels flow through the module
 (:meth:`ShrinkRule.propagate`), and afterwards it slices the module in place given the indices
-that stay (:meth:`ShrinkRule.shrink`). Register a rule for your own module type with
-:func:`register_shrink_rule`; a plugin ships rules through the ``register_shrink_rules`` hook.
+that stay (:meth:`ShrinkRule.shrink`). Which rule serves which module type is decided in
+:mod:`nncore.speedup.ruletable`.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from nncore.errors import ConfigError
-from nncore.speedup import functions
+from nncore.speedup import functions, shapes
+from nncore.speedup.norms import norm_channels
 from nncore.speedup.groups import GroupConstraint
 from nncore.speedup.info import TInfo, no_zero, pinned_vector, zero_slabs
-from nncore.speedup.propagate import Context
+from nncore.speedup.context import Context
 
 Kept = Callable[[str], "np.ndarray | None"]
 
@@ -42,6 +42,10 @@ class ShrinkRule:
     def shrink(self, module: nn.Module, kept: Kept) -> nn.Module | None:
         """Slice ``module`` to the kept indices (default: nothing to slice)."""
         return None
+
+    def applies_to(self, module: nn.Module) -> bool:
+        """Whether this rule describes ``module`` (default: every module of the registered type)."""
+        return True
 
 
 def _slice(tensor: torch.Tensor | None, index: np.ndarray, dim: int) -> torch.Tensor | None:
@@ -158,6 +162,93 @@ class LinearRule(ShrinkRule):
         return None
 
 
+class Conv1DRule(ShrinkRule):
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``(in, out)``."""
+
+    def propagate(self, ctx, node, module, inputs, output):
+        x = inputs[0]
+        if not isinstance(x, TInfo):
+            return ctx.barrier(node, output)
+        name = str(node.target)
+        masked = ctx.is_masked(name)
+        mask = ctx.weight_mask(name) if masked else None
+        width = module.weight.shape[1]
+        ctx.classes.read(x.slots[-1], x.zero[-1] | (zero_slabs(mask, 0) if masked else no_zero(len(x.slots[-1]))))
+        out_slots = ctx.classes.new(width)
+        filter_zero = zero_slabs(mask, 1) if masked else no_zero(width)
+        if masked:
+            ctx.filter_zero[name] = filter_zero
+        bias_zero = np.ones(width, bool) if module.bias is None else (
+            (module.bias.detach() == 0).numpy() if masked else no_zero(width))
+        ctx.record(name, "in", x.slots[-1])
+        ctx.record(name, "out", out_slots)
+        lead = x.slots[:-1]
+        return TInfo(lead + [out_slots], [no_zero(len(s)) for s in lead] + [filter_zero & bias_zero])
+
+    def shrink(self, module, kept):
+        keep_in, keep_out = kept("in"), kept("out")
+        _set_param(module, "weight", _slice(_slice(module.weight, keep_in, 0), keep_out, 1))
+        _set_param(module, "bias", _slice(module.bias, keep_out, 0))
+        module.nf = len(keep_out)
+        if hasattr(module, "nx"):
+            module.nx = len(keep_in)
+        return None
+
+    def applies_to(self, module):
+        weight = getattr(module, "weight", None)
+        return isinstance(weight, torch.Tensor) and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1]
+
+
+class EmbeddingRule(ShrinkRule):
+    """``nn.Embedding``: the embedding dimension (columns of the table); the indices are read as is."""
+
+    def propagate(self, ctx, node, module, inputs, output):
+        name = str(node.target)
+        dim = ctx.classes.new(module.embedding_dim)
+        ctx.record(name, "dim", dim)
+        zero = zero_slabs(ctx.weight_mask(name), 1) if ctx.is_masked(name) else no_zero(module.embedding_dim)
+        lead = [pinned_vector(n) for n in output.shape[:-1]]
+        return TInfo(lead + [dim], [no_zero(n) for n in output.shape[:-1]] + [zero])
+
+    def shrink(self, module, kept):
+        keep = kept("dim")
+        _set_param(module, "weight", _slice(module.weight, keep, 1))
+        module.embedding_dim = len(keep)
+        return None
+
+
+class NormRule(ShrinkRule):
+    """``nn.LayerNorm`` / ``nn.RMSNorm`` (and RMSNorm modules of model libraries) over the last
+    dimension; see :mod:`nncore.speedup.norms` for what a mask on them means."""
+
+    def propagate(self, ctx, node, module, inputs, output):
+        x = inputs[0]
+        shape = getattr(module, "normalized_shape", (x.sizes()[-1],) if isinstance(x, TInfo) else ())
+        if not isinstance(x, TInfo) or len(tuple(shape)) != 1:
+            return FunctionRule("pin", "normalized_shape").propagate(ctx, node, module, inputs, output)
+        name = str(node.target)
+        ctx.record(name, "channels", x.slots[-1])
+        return norm_channels(ctx, node, x, name, type(module).__name__)
+
+    def shrink(self, module, kept):
+        keep = kept("channels")
+        for attr in ("weight", "bias"):
+            if isinstance(getattr(module, attr, None), torch.Tensor):
+                _set_param(module, attr, _slice(getattr(module, attr), keep, 0))
+        if hasattr(module, "normalized_shape"):
+            module.normalized_shape = (len(keep),)
+        return None
+
+    def applies_to(self, module):
+        if isinstance(module, nn.LayerNorm):  # a subclass with its own forward (LayerNorm2d) is looked into
+            return type(module).forward is nn.LayerNorm.forward
+        if isinstance(module, getattr(nn, "RMSNorm", ())):
+            return type(module).forward is nn.RMSNorm.forward
+        weight = getattr(module, "weight", None)
+        return (type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1
+                and not list(module.children()) and len(list(module.parameters())) == 1)
+
+
 class BatchNormRule(ShrinkRule):
     """``nn.BatchNorm1d/2d/3d``: per-channel parameters and running statistics on dim 1."""
 
@@ -228,8 +319,6 @@ class FunctionRule(ShrinkRule):
             out = functions.channelwise(x, output[0] if isinstance(output, tuple) else output)
             return (out, out.without_zero()) if isinstance(output, tuple) else out
         if self.name == "reshape":
-            from nncore.speedup import shapes
-
             return shapes.reshape(ctx, node, x, output.shape)
         if self.name == "pin":
             dims = getattr(module, self.dim_attr) if self.dim_attr else 1
@@ -238,100 +327,3 @@ class FunctionRule(ShrinkRule):
                 ctx.classes.pin(x.slots[d], f"{ctx.op_label(node)} (mixes channels)")
             return x.without_zero()
         return ctx.barrier(node, output)
-
-
-_KEEP = ["ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Hardswish", "Mish", "ELU", "SELU", "CELU",
-         "Tanh", "Hardtanh", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity",
-         "Softshrink", "Hardshrink", "Tanhshrink"]
-_NO_ZERO = ["Sigmoid", "Hardsigmoid", "Softplus", "LogSigmoid"]
-_POOL = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
-         "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
-         "AdaptiveMaxPool3d", "Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d", "LPPool2d"]
-
-_BUILTIN: dict[type, ShrinkRule] = {
-    nn.Conv1d: ConvRule(), nn.Conv2d: ConvRule(), nn.Conv3d: ConvRule(), nn.Linear: LinearRule(),
-    nn.BatchNorm1d: BatchNormRule(), nn.BatchNorm2d: BatchNormRule(), nn.BatchNorm3d: BatchNormRule(),
-    nn.SyncBatchNorm: BatchNormRule(), nn.Flatten: FunctionRule("reshape"), nn.Unflatten: FunctionRule("reshape"),
-    nn.LayerNorm: FunctionRule("pin", "normalized_shape"), nn.GroupNorm: FunctionRule("pin"),
-    nn.Softmax: FunctionRule("pin", "dim"), nn.LogSoftmax: FunctionRule("pin", "dim"),
-    nn.PReLU: ChannelwiseRule(dim=1, params=("weight",), keeps_zero=True),
-}
-for _name in _KEEP:
-    _BUILTIN[getattr(nn, _name)] = FunctionRule("relu")
-for _name in _NO_ZERO:
-    _BUILTIN[getattr(nn, _name)] = FunctionRule("sigmoid")
-for _name in _POOL:
-    _BUILTIN[getattr(nn, _name)] = FunctionRule("max_pool2d")
-
-_USER: dict[type, ShrinkRule] = {}
-
-
-def register_shrink_rule(module_type: type, rule: ShrinkRule) -> None:
-    """Use ``rule`` to analyse and slice every module of ``module_type`` (and its subclasses).
-
-    Registered rules take precedence over plugin rules and the built-in ones. Modules of this
-    type are traced as single units (their ``forward`` is not looked into).
-
-    :raises ConfigError: ``module_type`` is not an ``nn.Module`` subclass or ``rule`` not a ShrinkRule.
-    """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise ConfigError(f"register_shrink_rule: module_type must be an nn.Module subclass, got {module_type!r}",
-                          header="invalid shrink rule")
-    if not isinstance(rule, ShrinkRule):
-        raise ConfigError(f"register_shrink_rule: rule for {module_type.__name__} must be a ShrinkRule "
-                          f"instance, got {type(rule).__name__}", header="invalid shrink rule")
-    _USER[module_type] = rule
-
-
-def unregister_shrink_rule(module_type: type) -> None:
-    """Forget the rule registered for ``module_type`` (no error if there is none)."""
-    _USER.pop(module_type, None)
-
-
-def plugin_rules() -> dict[type, ShrinkRule]:
-    """Rules shipped by plugins through the ``register_shrink_rules`` hook."""
-    try:
-        from nncore.registry import plugin_manager
-    except ImportError:  # registry not available: no plugin rules
-        return {}
-    hook = getattr(plugin_manager().hook, "register_shrink_rules", None)
-    if hook is None:
-        return {}
-    rules: dict[type, ShrinkRule] = {}
-    for answer in hook():
-        for module_type, rule in answer or []:
-            if isinstance(module_type, type) and isinstance(rule, ShrinkRule):
-                rules[module_type] = rule
-    return rules
-
-
-def builtin_leaf_types() -> tuple[type, ...]:
-    """Module types with a built-in rule: subclasses (``Conv2dSame``-style) are traced as units."""
-    return tuple(_BUILTIN) + (nn.MultiheadAttention,)
-
-
-def extra_rules() -> dict[type, ShrinkRule]:
-    """User rules over plugin rules: the types traced as units."""
-    return {**plugin_rules(), **_USER}
-
-
-def find_rule(module: nn.Module, extra: dict[type, ShrinkRule]) -> ShrinkRule | None:
-    for table in (extra, _BUILTIN):
-        for klass in type(module).__mro__:
-            if klass in table:
-                return table[klass]
-    if isinstance(module, nn.MultiheadAttention):
-        from nncore.speedup.mha import MultiheadAttentionRule
-
-        return MultiheadAttentionRule()
-    return None
-
-
-def call_module(ctx: Context, node: fx.Node, value: Any) -> Any:
-    """The info of a call_module node, through the module's rule (a barrier when it has none)."""
-    module = ctx.gm.get_submodule(str(node.target))
-    rule = find_rule(module, ctx.extra_rules)
-    if rule is None:
-        return ctx.barrier(node, value)
-    inputs = [ctx.info(a) for a in node.args]
-    return rule.propagate(ctx, node, module, inputs, value)

@@ -35,7 +35,7 @@ def _merge(ctx, node, info: TInfo, dims: list[int]):
     return flat_slots, zero.ravel()
 
 
-def _split(ctx, node, key, flat_slots, flat_zero, sizes: list[int]):
+def _split(ctx, node, key, flat_slots, flat_zero, sizes: list[int], out_dims: list[int]):
     if len(sizes) == 1:
         return [flat_slots], [flat_zero]
     zero_grid = flat_zero.reshape(sizes)
@@ -47,6 +47,8 @@ def _split(ctx, node, key, flat_slots, flat_zero, sizes: list[int]):
         default = int(np.argmax(scores))
     else:  # the largest dimension, the innermost on a tie (head_dim, channels per group)
         default = max(range(len(sizes)), key=lambda k: (sizes[k], k))
+    if ctx.preferred.get(node) in out_dims:  # attention heads (see attention.preferred_splits)
+        default = out_dims.index(ctx.preferred[node])
     carrier = ctx.choose(node, key, len(sizes), default)
     grid = flat_slots.reshape(sizes)
     vector = np.empty(sizes[carrier], dtype=np.int64)
@@ -82,7 +84,8 @@ def reshape(ctx, node, info: TInfo, out_shape) -> TInfo:
                 p_out *= out_shape[outs[j]]
                 j += 1
         flat_slots, flat_zero = _merge(ctx, node, info, group_in)
-        new_slots, new_zero = _split(ctx, node, key, flat_slots, flat_zero, [out_shape[d] for d in group_out])
+        new_slots, new_zero = _split(ctx, node, key, flat_slots, flat_zero, [out_shape[d] for d in group_out],
+                                     group_out)
         key += 1
         for d, s, z in zip(group_out, new_slots, new_zero):
             slots[d], zero[d] = s, z

@@ -207,17 +207,25 @@ class ScaledChain(Chain):
         return self.fc(self.c2(x).mean((2, 3)))
 
 
-def test_untraceable_module_is_opaque_until_a_rule_is_registered():
+def test_untraceable_module_is_recorded_and_shrinks_without_a_rule():
     torch.manual_seed(0)
     model = randomize_bn(ScaledChain())
     masks = chain_masks(model)
     reference = masked_copy(model, masks)
-    speedup = ModelSpeedup(copy.deepcopy(model), DUMMY, masks)
-    with pytest.warns(UserWarning, match="GatedScale module 'scale'"):
-        kept = speedup.speedup_model()
-    assert kept.c1.out_channels == 8
-    assert any("opaque" in note and "scale" in note for note in speedup.summary.notes)
+    recorded = copy.deepcopy(model)
+    speedup = ModelSpeedup(recorded, DUMMY, masks)
+    speedup.speedup_model()
+    assert any("recording one forward pass" in note for note in speedup.summary.notes)
+    assert recorded.c1.out_channels == 5
+    assert recorded.scale.gamma.shape == (5,)  # the parameter the recorded forward multiplies in
+    assert_same_function(recorded, reference, (2, 3, 6, 6))
 
+
+def test_a_registered_rule_takes_the_module_as_a_unit():
+    torch.manual_seed(0)
+    model = randomize_bn(ScaledChain())
+    masks = chain_masks(model)
+    reference = masked_copy(model, masks)
     register_shrink_rule(GatedScale, ChannelwiseRule(dim=1, params=("gamma",), keeps_zero=True))
     try:
         ModelSpeedup(model, DUMMY, masks).speedup_model()

@@ -7,7 +7,7 @@ after the last of those steps.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -39,6 +39,7 @@ class TaylorFOWeightFilterPruner(FilterPruner):
     """
 
     name: ClassVar[str] = "taylorfo"
+    job_arguments: ClassVar[Mapping[str, str]] = {"optimizer": "optimizer", **FilterPruner.job_arguments}
 
     def __init__(
         self,

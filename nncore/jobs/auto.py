@@ -11,32 +11,11 @@ from nncore.cli import CommandLineError, build_model, text_table
 from nncore.data import accuracy, load_job_data, train_epochs
 from nncore.jobs.annealing import optuna, require_optuna
 from nncore.jobs.baseline import check_forward, dummy_input, trained_baseline
-from nncore.jobs.options import add_common_arguments, check_budget_arguments, job_settings, say
-from nncore.jobs.pruning import pruner_class
+from nncore.jobs.options import budget_of, check_auto_arguments, job_settings, say
+from nncore.jobs.pruning import check_pruner, pruner_class
 from nncore.jobs.report import write_text
-from nncore.jobs.search import SAMPLERS, search_sparsities
-
-DEFAULT_STORAGE = "sqlite:///nncore-auto.db"
-DEFAULT_STUDY = "nncore-auto"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``nncore auto``."""
-    add_common_arguments(parser)
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--flops-budget", type=float, metavar="RATIO",
-                        help="largest FLOPs ratio to the baseline (default: 0.5)")
-    budget.add_argument("--params-budget", type=float, metavar="RATIO", help="largest params ratio to the baseline")
-    parser.add_argument("--trials", type=int, default=20, help="trials this worker runs (default: 20)")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE,
-                        help=f"Optuna storage URL shared by all workers (default: {DEFAULT_STORAGE})")
-    parser.add_argument("--study-name", default=DEFAULT_STUDY, help=f"study to create or join (default: {DEFAULT_STUDY})")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="search algorithm (default: tpe)")
-    parser.add_argument("--max-sparsity", type=float, default=0.9)
-    parser.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per trial (default: 1)")
-    parser.add_argument("--seed", type=int, help="sampler seed (default: random; give workers different seeds)")
-    parser.add_argument("--output", default="auto_config.json",
-                        help="where the best config_list is written (default: ./auto_config.json)")
+from nncore.jobs.search import search_sparsities
+from nncore.jobs.supplies import declared
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,18 +25,25 @@ def run(args: argparse.Namespace) -> int:
         return auto_job(args)
 
 
+def check_algorithm(args: argparse.Namespace) -> None:
+    """One line when ``--algo`` cannot be searched: it must take one ``sparsity`` per layer."""
+    cls = pruner_class(args.algo)
+    if declared(cls, "job_config") != {"sparsity": "sparsity"}:
+        raise CommandLineError(f"--algo {args.algo!r}: nncore auto searches one 'sparsity' per layer, which "
+                               f"{cls.__name__}'s config_list does not take")
+
+
 def auto_job(args: argparse.Namespace) -> int:
     """Baseline (cached), then this worker's trials, then the study's best config_list to ``--output``."""
     verbose = not args.quiet
-    check_budget_arguments(args)
-    if args.trials < 1:
-        raise CommandLineError(f"--trials must be >= 1, got {args.trials}")
-    metric, budget = ("params", args.params_budget) if args.params_budget is not None else ("flops", args.flops_budget or 0.5)
-    pruner_class(args.algo)
+    check_auto_arguments(args)
+    check_algorithm(args)
+    metric, budget = budget_of(args)
     data = load_job_data(args.data, args.batch_size, 0)
     torch.manual_seed(0)
     model = build_model(args.model)
     check_forward(model, data, args.model)
+    check_pruner(args.algo, model, [{"sparsity": args.max_sparsity, "op_types": ["default"]}], one_shot=True)
     trained_baseline(model, data, model_spec=args.model, data_spec=args.data, epochs=args.epochs, lr=args.lr,
                      seed=0, use_cache=not args.no_cache, verbose=verbose)
     baseline_accuracy = accuracy(model, data.test_loader)
@@ -66,8 +52,7 @@ def auto_job(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         train_epochs(pruned, data.train_loader, args.finetune_epochs, lr=args.lr / 4, verbose=False)
 
-    say(verbose, f"nncore auto: {args.trials} trial(s) on study {args.study_name!r} at {args.storage}, "
-                 f"{metric} budget {budget}, {args.algo} pruning, {args.sampler} sampler")
+    say(verbose, f"search: {args.sampler} sampler, {args.finetune_epochs} fine-tuning epoch(s) per trial")
     result = search_sparsities(
         model, lambda pruned: accuracy(pruned, data.test_loader), dummy_input(data), budget=budget, metric=metric,
         algo=args.algo, n_trials=args.trials, storage=args.storage, study_name=args.study_name,

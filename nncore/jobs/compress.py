@@ -3,36 +3,75 @@
 With no argument it runs on the built-in default (scikit-learn digits + :class:`~nncore.zoo.DigitsCNN`)
 with dependency-aware L1 filter pruning at sparsity 0.5. ``--model module:callable`` and
 ``--data module:callable`` point it at your own model and data (see :mod:`nncore.data` for what
-the data callable returns). Artifacts and ``report.json`` / ``report.md`` / plots go to ``--output``.
+the data callable returns). Every input is checked before any training. Artifacts,
+``report.json`` / ``report.md`` and the plots go to ``--output``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 import torch.nn as nn
 
 from nncore.artifacts import save_torch
 from nncore.cli import build_model, read_config_list, text_table
-from nncore.data import JobData, accuracy, load_job_data, train_epochs
+from nncore.data import JobData, accuracy, load_job_data
 from nncore.errors import NncoreError
-from nncore.jobs.baseline import check_forward, dummy_input, trained_baseline
-from nncore.jobs.measure import measure, measure_onnx
-from nncore.jobs.options import (
-    DEFAULT_FINETUNE_EPOCHS, DEFAULT_OUTPUT, DEFAULT_SPARSITY, add_common_arguments, check_budget_arguments,
-    job_settings, say,
-)
-from nncore.jobs.plots import sparsity_plot
-from nncore.jobs.pruning import default_config_list, prune_and_finetune, pruner_class
-from nncore.jobs.report import comparison_rows, markdown_report, write_text
+from nncore.jobs.baseline import check_forward, trained_baseline
+from nncore.jobs.cost import weight_reduction
+from nncore.jobs.measure import add_latencies, model_figures, onnx_runner, torch_runner
+from nncore.jobs.options import DEFAULT_ALGO, check_compress_arguments, job_settings, say
+from nncore.jobs.output import clear_previous_run, files_in
+from nncore.jobs.plots import comparison_plot, sparsity_plot
+from nncore.jobs.pruning import check_pruner, prune_and_finetune, pruner_class
+from nncore.jobs.quantize import check_quantizer, int8_figures, quantize_int8
+from nncore.jobs.report import columns_of, comparison_rows, latency_note, markdown_report, write_text
+from nncore.jobs.supplies import JobSupplies, declared, job_config_list
 from nncore.speedup import ModelSpeedup
+
+
+@attrs.frozen
+class Setup:
+    """Everything ``nncore compress`` checked before training."""
+
+    model: nn.Module
+    data: JobData
+    config_list: Any
+    output: Path
+    quantizer: type | None
+    sensitivity_algo: str | None
+
+
+def prepare(args: argparse.Namespace, verbose: bool) -> Setup:
+    """Check every input (budgets, output folder, quantizer, algorithm, config, data, model) and
+    build model and data; nothing is trained or written but the output folder."""
+    check_compress_arguments(args)
+    output = Path(args.output)
+    quantizer = check_quantizer(args.quantize) if args.quantize else None
+    cls = pruner_class(args.algo)
+    config_list = (read_config_list(args.config) if args.config
+                   else job_config_list(cls, args.sparsity, args.finetune_epochs))
+    data = load_job_data(args.data, args.batch_size, args.seed)
+    torch.manual_seed(args.seed)
+    model = build_model(args.model)
+    check_forward(model, data, args.model)
+    check_pruner(args.algo, model, config_list, config_file=args.config,
+                 sparsity=None if args.config else args.sparsity)
+    sensitivity_algo = None
+    if args.sensitivity:  # one fresh pruner per layer and sparsity: a one-shot pruner
+        one_shot = not set(declared(cls, "job_arguments").values()) - {"dummy_input", "dependency_aware"}
+        sensitivity_algo = args.algo if one_shot else DEFAULT_ALGO
+        check_pruner(sensitivity_algo, model, job_config_list(pruner_class(sensitivity_algo), 0.5, 1), one_shot=True)
+    parameters = sum(p.numel() for p in model.parameters())
+    say(verbose, f"checked: {type(model).__name__} ({parameters:,} parameters) on {data.description}")
+    return Setup(model, data, config_list, output, quantizer, sensitivity_algo)
 
 
 def speed_up(masked: nn.Module, masks: dict, data: JobData, notes: list[str], verbose: bool) -> tuple[nn.Module, bool]:
@@ -42,74 +81,25 @@ def speed_up(masked: nn.Module, masks: dict, data: JobData, notes: list[str], ve
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if not verbose else "default")
         try:
-            ModelSpeedup(compressed, dummy_input(data), masks).speedup_model()
+            ModelSpeedup(compressed, torch.zeros(data.input_shape), masks).speedup_model()
         except NncoreError as exc:
             notes.append(f"speedup failed ({exc}); the compressed figures are estimates from the masks")
             return masked, False
     return compressed, True
 
 
-def quantize_int8(model: nn.Module, data: JobData, args: argparse.Namespace, output: Path, notes: list[str],
-                  verbose: bool) -> dict[str, Any] | None:
-    """QAT fine-tuning, then an int8 ONNX model measured with onnxruntime; ``None`` when unavailable."""
-    try:
-        from nncore.registry import get_compressor
-        from nncore.speedup import export_int8_onnx
-
-        quantizer_class = get_compressor(args.quantize)
-    except (ImportError, NncoreError) as exc:
-        notes.append(f"--quantize {args.quantize}: unavailable here ({type(exc).__name__}: {exc}); skipped")
-        return None
-    config_list = [{"quant_types": ["weight", "input", "output"], "quant_bits": {"weight": 8, "input": 8, "output": 8},
-                    "op_types": ["Conv2d", "Linear"]}]
-    parameters = inspect.signature(quantizer_class.__init__).parameters
-    kwargs: dict[str, Any] = {}
-    if "dummy_input" in parameters:
-        kwargs["dummy_input"] = dummy_input(data)
-    try:
-        quantizer = quantizer_class(model, config_list, **kwargs)
-        quantizer.compress()
-        train_epochs(model, data.train_loader, max(1, args.finetune_epochs // 2), lr=args.lr / 10,
-                     progress="QAT fine-tuning", on_epoch=quantizer.update_epoch, on_step=quantizer.step,
-                     verbose=verbose)
-        calibration = quantizer.export_model(str(output / "model_qat.pt"),
-                                             calibration_path=str(output / "calibration.pt"))
-        onnx_path = output / "model_int8.onnx"
-        export_int8_onnx(quantizer.bound_model, calibration, str(onnx_path), list(data.input_shape))
-    except Exception as exc:  # noqa: BLE001 - another engineer's module; the job reports and goes on
-        notes.append(f"--quantize {args.quantize}: failed ({type(exc).__name__}: {exc}); skipped")
-        return None
-    return measure_onnx(onnx_path, data)
-
-
 def run_sensitivity(model: nn.Module, data: JobData, algo: str, output: Path, notes: list[str], verbose: bool) -> None:
     """Sensitivity of every layer (test accuracy) to ``sensitivity.csv`` and ``sensitivity.png``."""
     from nncore.utils.sensitivity import SensitivityAnalysis
 
+    say(verbose, f"sensitivity: pruning one layer at a time with {algo}")
     analysis = SensitivityAnalysis(model, lambda: accuracy(model, data.test_loader), prune_type=algo, verbose=verbose)
     analysis.analysis()
     analysis.export(str(output / "sensitivity.csv"))
     try:
-        analysis.plot(str(output / "sensitivity.png"))
+        analysis.plot(str(output / "sensitivity.png"), metric_name="test accuracy")
     except NncoreError as exc:
         notes.append(f"sensitivity plot skipped: {exc}")
-
-
-# -- the command -----------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``nncore compress``."""
-    add_common_arguments(parser)
-    parser.add_argument("--sparsity", type=float, default=DEFAULT_SPARSITY,
-                        help=f"uniform sparsity of the algorithm's default layers (default: {DEFAULT_SPARSITY})")
-    parser.add_argument("--config", help="config_list JSON (or YAML) file; overrides --sparsity "
-                                         "(e.g. the file written by nncore auto)")
-    parser.add_argument("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS, help="fine-tuning epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quantize", choices=["qat"], help="also quantize to int8 and export int8 ONNX")
-    parser.add_argument("--sensitivity", action="store_true", help="also run a sensitivity analysis (CSV + PNG)")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"artifacts and reports (default: ./{DEFAULT_OUTPUT})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,60 +112,79 @@ def compress_job(args: argparse.Namespace) -> int:
     """The pipeline of ``nncore compress`` (see the module docstring)."""
     started = time.perf_counter()
     verbose = not args.quiet
-    check_budget_arguments(args)
-    config_list = read_config_list(args.config) if args.config else default_config_list(args.sparsity)
-    pruner_class(args.algo)
-    data = load_job_data(args.data, args.batch_size, args.seed)
-    torch.manual_seed(args.seed)
-    model = build_model(args.model)
-    check_forward(model, data, args.model)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    setup = prepare(args, verbose)
+    model, data, output = setup.model, setup.data, setup.output
+    removed = clear_previous_run(output)
+    if removed:
+        say(verbose, f"output: removed {len(removed)} file(s) of the previous run in {output}/")
+    user_files = files_in(output)
     notes: list[str] = []
-    say(verbose, f"nncore compress: {args.model or 'DigitsCNN'} on {data.description}, "
-                 f"{args.algo} pruning, {'config ' + args.config if args.config else f'sparsity {args.sparsity}'}")
     trained_baseline(model, data, model_spec=args.model, data_spec=args.data, epochs=args.epochs, lr=args.lr,
                      seed=args.seed, use_cache=not args.no_cache, verbose=verbose)
-    baseline = measure(model, data)
+    baseline_model = copy.deepcopy(model).eval()
+    figures = {"baseline": model_figures(model, data)}
+    runners = {"baseline": lambda batch: torch_runner(baseline_model, batch)}
     save_torch(model.state_dict(), output / "model_baseline.pt")
-    if args.sensitivity:
-        run_sensitivity(model, data, args.algo, output, notes, verbose)
+    if setup.sensitivity_algo is not None:
+        if setup.sensitivity_algo != args.algo:
+            notes.append(f"sensitivity analysed with {setup.sensitivity_algo}: {args.algo} is not a one-shot pruner")
+        run_sensitivity(model, data, setup.sensitivity_algo, output, notes, verbose)
 
-    masks, sparsity = prune_and_finetune(model, data, args, config_list, notes, verbose)
+    torch.manual_seed(args.seed)
+    supplies = JobSupplies(model, data, lr=args.lr / 4, output=output, seed=args.seed, verbose=verbose,
+                           sparsity=args.sparsity, finetune_epochs=args.finetune_epochs)
+    masks, sparsity = prune_and_finetune(args.algo, model, setup.config_list, supplies, args.finetune_epochs, verbose)
     save_torch(model.state_dict(), output / "model_pruned.pt")
     save_torch(masks, output / "masks.pt")
     compressed, really = speed_up(model, masks, data, notes, verbose)
-    compressed_metrics = measure(compressed, data, masked=not really)
-    artifacts = ["model_baseline.pt", "model_pruned.pt", "masks.pt"]
+    figures["compressed"] = model_figures(compressed, data, masked=not really)
+    runners["compressed"] = lambda batch: torch_runner(compressed, batch)
     if really:
         save_torch(compressed.state_dict(), output / "model_speedup.pt")
-        artifacts.append("model_speedup.pt")
-    int8 = quantize_int8(compressed, data, args, output, notes, verbose) if args.quantize else None
-    if int8 is not None:
-        artifacts += ["model_qat.pt", "calibration.pt", "model_int8.onnx"]
+    if setup.quantizer is not None:
+        try:
+            onnx_path = quantize_int8(setup.quantizer, compressed, data, epochs=max(1, args.finetune_epochs // 2),
+                                      lr=args.lr / 10, output=output, seed=args.seed, verbose=verbose)
+            figures["int8"], session = int8_figures(onnx_path, data, torch.get_num_threads())
+            runners["int8"] = lambda batch: onnx_runner(session, batch)
+        except Exception as exc:  # noqa: BLE001 - the pruning results stand; the report says what failed
+            notes.append(f"--quantize {args.quantize}: failed ({type(exc).__name__}: {exc}); skipped")
+    say(verbose, f"measuring: latency of {', '.join(runners)}, interleaved")
+    add_latencies(figures, runners, data)
+
     report = {
-        "model": args.model or "DigitsCNN", "data": data.description, "algo": args.algo, "config_list": config_list,
-        "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "threads": torch.get_num_threads(),
-        "baseline": baseline,
-        "compressed": compressed_metrics, "speedup": really, "int8": int8, "layer_sparsity": sparsity,
-        "artifacts": artifacts, "notes": notes,
+        "model": args.model or "DigitsCNN", "data": data.description, "algo": args.algo,
+        "config_list": setup.config_list, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+        "threads": torch.get_num_threads(), "baseline": figures["baseline"], "compressed": figures["compressed"],
+        "speedup": really, "int8": figures.get("int8"), "layer_sparsity": sparsity,
+        "weight_reduction": weight_reduction(model, compressed, really), "notes": notes,
     }
-    try:
-        sparsity_plot(output / "sparsity.png", sparsity)
-        artifacts.append("sparsity.png")
-    except NncoreError as exc:
-        notes.append(f"plots skipped: {exc}")
-    if args.sensitivity:
-        artifacts += [name for name in ("sensitivity.csv", "sensitivity.png") if (output / name).is_file()]
+    write_plots(report, output, notes)
+    report["artifacts"] = sorted(files_in(output) - user_files) + ["report.json", "report.md"]
     report["wall_time_s"] = round(time.perf_counter() - started, 2)
     write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
     write_text(output / "report.md", markdown_report(report))
     if verbose:
-        header, rows = comparison_rows(report)
-        print(text_table(header, rows))
-        print("per-layer sparsity: " + ", ".join(f"{n} {v:.0%}" for n, v in sparsity.items()))
-        for note in notes:
-            print(f"note: {note}")
-        print(f"artifacts in {output}/: {', '.join(artifacts)}, report.json, report.md "
-              f"({report['wall_time_s']:.1f} s)")
+        print_summary(report, output)
     return 0
+
+
+def write_plots(report: dict[str, Any], output: Path, notes: list[str]) -> None:
+    """``sparsity.png`` and ``comparison.png``; a note instead when they cannot be drawn."""
+    try:
+        sparsity_plot(output / "sparsity.png", report["weight_reduction"], report["speedup"])
+        comparison_plot(output / "comparison.png", columns_of(report), report["threads"])
+    except NncoreError as exc:
+        notes.append(f"plots skipped: {exc}")
+
+
+def print_summary(report: dict[str, Any], output: Path) -> None:
+    """The before/after table, the per-layer figures, the notes and the files, on stdout."""
+    header, rows = comparison_rows(report)
+    print(text_table(header, rows))
+    print(latency_note(report))
+    print("weights removed per layer: " + ", ".join(f"{name} {value['removed']:.0%}"
+                                                     for name, value in report["weight_reduction"].items()))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"files in {output}/: {', '.join(report['artifacts'])} ({report['wall_time_s']:.1f} s)")

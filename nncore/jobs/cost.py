@@ -79,3 +79,24 @@ def compressed_cost(model: nn.Module, masks: dict[str, dict[str, Any]], example_
         return (*effective_flops_params(work, example_input), False)
     flops, params, _ = count_flops_params(shrunk, (example_input,), verbose=False)
     return flops, params, True
+
+
+def weight_reduction(masked: nn.Module, compressed: nn.Module, really: bool) -> dict[str, dict[str, float]]:
+    """Per layer with a weight: the fraction of its weights ``removed`` (by speedup: ``compressed``
+    holds a smaller weight) and the fraction left in place but ``zero``, of the unpruned count.
+
+    ``masked`` is the pruned model before speedup (weights of the original shapes); when speedup
+    failed (``really`` false) nothing is removed and the masked zeros are counted.
+    """
+    after_modules = dict(compressed.named_modules()) if really else {}
+    result = {}
+    for name, module in masked.named_modules():
+        weight = getattr(module, "weight", None)
+        if not name or not isinstance(weight, torch.Tensor) or weight.numel() == 0:
+            continue
+        after = getattr(after_modules.get(name), "weight", None) if really else weight
+        if not isinstance(after, torch.Tensor):
+            continue
+        result[name] = {"removed": round(1 - after.numel() / weight.numel(), 4),
+                        "zero": round(int((after == 0).sum()) / weight.numel(), 4)}
+    return result

@@ -1,21 +1,30 @@
-"""Accuracy, latency and size of a model, run by PyTorch or by ONNX Runtime."""
+"""Accuracy, cost, size and latency of the models a job compares (PyTorch or ONNX Runtime).
+
+Latency is measured for all the compared models together, interleaved (one call of each model
+per round, the order rotating), so that a change in the machine's load hits them alike; each
+model's figure is the median over the rounds, with the interquartile range as its spread.
+"""
 from __future__ import annotations
 
 import io
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from nncore.data import JobData, accuracy
-from nncore.jobs.baseline import dummy_input
 from nncore.jobs.cost import effective_flops_params
 
-LATENCY_RUNS = 100
 LATENCY_BATCH = 256
+LATENCY_ROUNDS = 200
+"""Rounds of the batch-of-one latency (at least; more until :data:`LATENCY_SECONDS` have passed)."""
+LATENCY_SECONDS = 2.0
+BATCH_LATENCY_ROUNDS = 15
+WARMUP_CALLS = 5
 
 
 def state_dict_bytes(model: nn.Module) -> int:
@@ -25,51 +34,102 @@ def state_dict_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def median_latency_ms(run_once: Callable[[], Any], runs: int = LATENCY_RUNS) -> float:
-    """Median wall time of ``run_once()`` in milliseconds (after warm-up calls)."""
-    for _ in range(5):
-        run_once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run_once()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+def interleaved_latency(runners: Mapping[str, Callable[[], Any]], *, rounds: int = LATENCY_ROUNDS,
+                        seconds: float = 0.0) -> dict[str, dict[str, float]]:
+    """Wall time of each runner in milliseconds: ``{name: {"median", "p25", "p75", "runs"}}``.
+
+    After :data:`WARMUP_CALLS` calls each, every round calls each runner once, starting one
+    further along each round; rounds go on until there were ``rounds`` of them and ``seconds``
+    have passed (at most ten times ``rounds``).
+    """
+    names = list(runners)
+    for name in names:
+        for _ in range(WARMUP_CALLS):
+            runners[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    done = 0
+    while done < rounds or (time.perf_counter() - started < seconds and done < 10 * rounds):
+        for offset in range(len(names)):
+            name = names[(done + offset) % len(names)]
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+        done += 1
+    result = {}
+    for name, values in times.items():
+        p25, p50, p75 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+        result[name] = {"median": p50 * 1e3, "p25": p25 * 1e3, "p75": p75 * 1e3, "runs": len(values)}
+    return result
 
 
-def measure(model: nn.Module, data: JobData, *, masked: bool = False) -> dict[str, Any]:
-    """Accuracy, params, FLOPs (per input), CPU latency (batch of one and of ``LATENCY_BATCH``) and
-    file size of ``model``."""
+def torch_runner(model: nn.Module, batch: torch.Tensor) -> Callable[[], Any]:
+    """One eval-mode, no-grad forward pass of ``model`` on ``batch``."""
+    model.eval()
+
+    def run() -> Any:
+        with torch.no_grad():
+            return model(batch)
+
+    return run
+
+
+def onnx_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session on ``threads`` threads (as PyTorch runs with ``--threads``)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(session: Any, batch: torch.Tensor) -> Callable[[], Any]:
+    """One ONNX Runtime run of ``session`` on ``batch``."""
+    feed = {session.get_inputs()[0].name: batch.numpy().astype(np.float32)}
+    return lambda: session.run(None, feed)
+
+
+def onnx_accuracy(session: Any, data: JobData) -> float:
+    """Top-1 accuracy of an ONNX model over the test loader, run by ONNX Runtime."""
+    name = session.get_inputs()[0].name
+    correct = count = 0
+    for inputs, labels in data.test_loader:
+        logits = session.run(None, {name: inputs.numpy().astype(np.float32)})[0]
+        correct += int((logits.argmax(axis=1) == labels.numpy()).sum())
+        count += len(labels)
+    return correct / count if count else float("nan")
+
+
+def model_figures(model: nn.Module, data: JobData, *, masked: bool = False) -> dict[str, Any]:
+    """Accuracy, params, FLOPs (per input) and file size of ``model``; ``masked``: the cost is
+    estimated from its zero channels (no speedup)."""
     from nncore.utils import count_flops_params
 
-    example = dummy_input(data)
+    example = torch.zeros(data.input_shape)
     model.eval()
     if masked:
         flops, params = effective_flops_params(model, example)
     else:
         flops, params, _ = count_flops_params(model, (example,), verbose=False)
-    batch = torch.randn((LATENCY_BATCH, *example.shape[1:]), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        latency = median_latency_ms(lambda: model(example))
-        batch_latency = median_latency_ms(lambda: model(batch), runs=20)
     return {"accuracy": accuracy(model, data.test_loader), "params": int(params), "flops": int(flops),
-            "latency_ms": latency, "batch_latency_ms": batch_latency, "size_bytes": state_dict_bytes(model),
-            "estimated": masked}
+            "size_bytes": state_dict_bytes(model), "estimated": masked}
 
 
-def measure_onnx(path: Path, data: JobData) -> dict[str, Any]:
-    """Accuracy, latency (batch of one) and file size of an ONNX model run by onnxruntime."""
-    import numpy as np
-    import onnxruntime
+def add_latencies(figures: Mapping[str, dict[str, Any]], runners: Mapping[str, Callable[[torch.Tensor], Callable[[], Any]]],
+                  data: JobData) -> None:
+    """Measure every model's latency, interleaved, at batch 1 and :data:`LATENCY_BATCH`, into ``figures``.
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    correct = count = 0
-    for inputs, labels in data.test_loader:
-        for row, label in zip(inputs.numpy(), labels.numpy()):
-            logits = session.run(None, {input_name: row[None].astype(np.float32)})[0]
-            correct += int(logits.argmax() == label)
-            count += 1
-    example = dummy_input(data).numpy()
-    latency = median_latency_ms(lambda: session.run(None, {input_name: example}))
-    return {"accuracy": correct / count, "latency_ms": latency, "size_bytes": path.stat().st_size}
+    :param runners: ``{name: make_runner(batch) -> run}`` for each model (``figures`` has the same names).
+    """
+    one = torch.zeros(data.input_shape)
+    batch = torch.randn((LATENCY_BATCH, *data.input_shape[1:]), generator=torch.Generator().manual_seed(0))
+    for key, inputs, rounds, seconds in (("latency", one, LATENCY_ROUNDS, LATENCY_SECONDS),
+                                         ("batch_latency", batch, BATCH_LATENCY_ROUNDS, 0.0)):
+        timed = interleaved_latency({name: make(inputs) for name, make in runners.items()}, rounds=rounds,
+                                    seconds=seconds)
+        for name, result in timed.items():
+            figures[name][f"{key}_ms"] = result["median"]
+            figures[name][f"{key}_iqr_ms"] = [result["p25"], result["p75"]]
+            figures[name][f"{key}_runs"] = result["runs"]

@@ -1,17 +1,20 @@
-"""Building a registered pruner for a job, pruning and fine-tuning."""
+"""A registered pruner in a job: checked before any training, built with what it asks for,
+then fine-tuned (epoch by epoch, or round by round for iterative pruners)."""
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import inspect
 from typing import Any, Iterable
 
-import torch.nn as nn
 import torch
+import torch.nn as nn
 
 from nncore.cli import CommandLineError
-from nncore.data import JobData, train_epochs
-from nncore.jobs.baseline import dummy_input
+from nncore.data import train_epochs
+from nncore.errors import ConfigError
+from nncore.jobs.options import say
+from nncore.jobs.supplies import JobSupplies, check_needs, declared, epochs_per_round, rounds_of
+
+ONE_SHOT_SUPPLIES = ("dummy_input", "dependency_aware")
+"""What a job that prunes many copies (``nncore auto``, the cost of a config) gives a pruner."""
 
 
 def pruner_class(algo: str) -> type:
@@ -25,31 +28,56 @@ def pruner_class(algo: str) -> type:
     return found
 
 
-def make_pruner(algo: str, model: nn.Module, config_list: Any, example_input: torch.Tensor,
-                notes: list[str] | None = None) -> Any:
-    """Build the pruner ``algo`` on ``model``: dependency-aware when the algorithm supports it.
+def check_pruner(algo: str, model: nn.Module, config_list: Any, *, config_file: str | None = None,
+                 sparsity: float | None = None, one_shot: bool = False) -> type:
+    """The pruner class ``algo`` once the job can build it on ``model`` with ``config_list``.
 
-    :raises CommandLineError: ``algo`` is not a pruner, or needs constructor arguments a job cannot give.
+    Checks, without touching the model: the algorithm is a pruner, the job supplies everything it
+    needs (``one_shot``: only :data:`ONE_SHOT_SUPPLIES`), and ``config_list`` is valid for it on
+    ``model``.
+
+    :param config_file: the ``--config`` file the list came from; its problems are then listed
+        (a :class:`ConfigError`), else they are one line about ``--algo`` / ``--sparsity``.
+    :raises CommandLineError: or :class:`ConfigError`, as above.
     """
-    found = pruner_class(algo)
-    parameters = inspect.signature(found.__init__).parameters
-    kwargs: dict[str, Any] = {}
-    if "dummy_input" in parameters:
-        kwargs["dummy_input"] = example_input
-    if "dependency_aware" in parameters:
-        if importlib.util.find_spec("nncore.utils.dependency") is not None:
-            kwargs["dependency_aware"] = True
-        elif notes is not None:
-            notes.append("dependency-aware pruning unavailable (nncore.utils.dependency not installed)")
+    cls = pruner_class(algo)
+    check_needs(cls, f"--algo {algo!r}")
+    if one_shot:
+        extra = sorted(set(declared(cls, "job_arguments").values()) - set(ONE_SHOT_SUPPLIES))
+        if extra:
+            raise CommandLineError(f"--algo {algo!r}: {cls.__name__} needs {', '.join(extra)}; nncore auto prunes "
+                                   "one copy per trial and takes one-shot pruners only (e.g. l1, l2, fpgm, level)")
     try:
-        return found(model, config_list, **kwargs)
-    except TypeError as exc:
-        raise CommandLineError(f"--algo {algo!r} cannot be built by a job: {exc}") from exc
+        cls.check_config(model, config_list)
+    except ConfigError as exc:
+        if config_file is not None:
+            raise ConfigError(exc.errors, header=f"--config {config_file}: invalid config_list for {cls.__name__}") from exc
+        setting = "" if sparsity is None else f" at --sparsity {sparsity}"
+        raise CommandLineError(f"--algo {algo!r} cannot prune {type(model).__name__}{setting}: "
+                               + "; ".join(exc.errors)) from exc
+    return cls
 
 
-def default_config_list(sparsity: float) -> list[dict[str, Any]]:
-    """Uniform pruning of the algorithm's default layers."""
-    return [{"sparsity": sparsity, "op_types": ["default"]}]
+def make_pruner(algo: str, model: nn.Module, config_list: Any, example_input: Any,
+                supplies: JobSupplies | None = None) -> Any:
+    """Build the pruner ``algo`` on ``model`` with the arguments its ``job_arguments`` ask for.
+
+    Without ``supplies`` only :data:`ONE_SHOT_SUPPLIES` are given (``dummy_input`` is
+    ``example_input``; pruning is dependency-aware where the algorithm supports it).
+
+    :raises CommandLineError: ``algo`` is not a pruner, or needs what is not supplied.
+    """
+    cls = pruner_class(algo)
+    check_needs(cls, f"--algo {algo!r}")
+    if supplies is not None:
+        return cls(model, config_list, **supplies.arguments(cls))
+    one_shot = {"dummy_input": example_input, "dependency_aware": True}
+    arguments = declared(cls, "job_arguments")
+    extra = sorted(set(arguments.values()) - set(one_shot))
+    if extra:
+        raise CommandLineError(f"--algo {algo!r}: {cls.__name__} needs {', '.join(extra)}, which only nncore compress "
+                               "supplies")
+    return cls(model, config_list, **{parameter: one_shot[name] for parameter, name in arguments.items()})
 
 
 def layer_sparsity(masks: dict[str, dict[str, Any]], layers: Iterable[str]) -> dict[str, float]:
@@ -57,15 +85,36 @@ def layer_sparsity(masks: dict[str, dict[str, Any]], layers: Iterable[str]) -> d
     return {name: round(float((masks[name]["weight"] == 0).float().mean()), 4) for name in layers if name in masks}
 
 
-def prune_and_finetune(model: nn.Module, data: JobData, args: argparse.Namespace, config_list: Any,
-                       notes: list[str], verbose: bool) -> tuple[dict[str, Any], dict[str, float]]:
+def finetune(pruner: Any, model: nn.Module, supplies: JobSupplies, epochs: int, verbose: bool) -> None:
+    """Fine-tune the pruned ``model`` with the job's optimizer, masks kept.
+
+    An iterative pruner (``get_prune_iterations``) gets its rounds, ``epochs`` shared out over them;
+    any other gets ``update_epoch(epoch)`` before each epoch. ``step()`` follows every batch.
+    """
+    loader = supplies.data.train_loader
+    rounds = rounds_of(pruner)
+    if rounds is None:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(supplies.optimizer, T_max=max(epochs, 1))
+        train_epochs(model, loader, epochs, optimizer=supplies.optimizer, scheduler=scheduler,
+                     on_epoch=pruner.update_epoch, on_step=pruner.step, progress="fine-tuning", verbose=verbose)
+        return
+    per_round = epochs_per_round(epochs, len(rounds))
+    for index in rounds:  # the pruner rewinds the optimizer each round: a constant learning rate
+        pruner.prune_iteration_start()
+        train_epochs(model, loader, per_round, optimizer=supplies.optimizer, on_step=pruner.step,
+                     progress=f"fine-tuning, round {index + 1}/{len(rounds)}", verbose=verbose)
+
+
+def prune_and_finetune(algo: str, model: nn.Module, config_list: Any, supplies: JobSupplies, epochs: int,
+                       verbose: bool) -> tuple[dict[str, Any], dict[str, float]]:
     """Prune ``model`` in place, fine-tune with the masks kept, unwrap; returns (masks, per-layer sparsity)."""
-    pruner = make_pruner(args.algo, model, config_list, dummy_input(data), notes)
+    pruner = make_pruner(algo, model, config_list, None, supplies)
+    say(verbose, f"pruning: {type(pruner).__name__}")
     pruner.compress()
-    train_epochs(model, data.train_loader, args.finetune_epochs, lr=args.lr / 4, progress="fine-tuning",
-                 on_epoch=pruner.update_epoch, on_step=pruner.step, verbose=verbose)
+    finetune(pruner, model, supplies, epochs, verbose)
     pruner.apply_masks()
     masks = pruner.masks()
     sparsity = layer_sparsity(masks, pruner.wrappers)
     pruner.unwrap_model()
+    model.eval()
     return masks, sparsity

@@ -31,9 +31,9 @@ import torch.nn as nn
 from nncore.errors import ConfigError, NncoreError
 from nncore.jobs.annealing import SimulatedAnnealingSampler, optuna, require_optuna
 from nncore.jobs.cost import compressed_cost
+from nncore.jobs.options import SAMPLERS
 from nncore.jobs.pruning import make_pruner
 
-SAMPLERS = ("tpe", "random", "anneal")
 BUDGET_METRICS = ("flops", "params")
 _HEADER = "invalid auto-compression argument"
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from nncore.artifacts import MaskDict, load_masks
 from nncore.errors import ArtifactError
+from nncore.wrapper import ModuleWrapper
 
 
 def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDict) -> MaskDict:
@@ -22,6 +23,9 @@ def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDic
         module = modules.get(name)
         if module is None:
             raise ArtifactError(f"{source}: entry {name!r} names no module of {type(model).__name__}")
+        if isinstance(module, ModuleWrapper):
+            raise ArtifactError(f"{source}: {name!r} is still wrapped by the pruner; call pruner.unwrap_model() "
+                                "before speedup")
         for key in ("weight", "bias"):
             mask = entry.get(key)
             param = getattr(module, key, None)

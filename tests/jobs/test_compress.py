@@ -1,24 +1,48 @@
-"""``nncore compress`` end to end on a reduced budget, its reports, cache and one-line errors."""
+"""``nncore compress`` end to end on a reduced budget: every registered pruner, reports, plots,
+the output folder, the cache, and one-line errors before any training."""
 from __future__ import annotations
 
 import json
+import os
+import stat
+import types
+from typing import Any, ClassVar, Mapping
 
 import pytest
 import torch
 import torch.nn as nn
 
+import nncore
 from nncore.cli import main
+from nncore.compressor import Pruner
+from nncore.jobs import baseline, measure
 from nncore.jobs.cost import compressed_cost, effective_flops_params
 from nncore.jobs.pruning import make_pruner
+from nncore.registry import default_registry
 from nncore.zoo import DigitsCNN
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY = ["--model", "tests.conftest:make_tiny_cnn", "--data", "tests.jobs.test_compress:tiny_data",
+        "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "256"]
+PRUNERS = sorted(info.name for info in nncore.list_compressors() if info.kind == "pruner")
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
+def private_cache_and_quick_latency(tmp_path, monkeypatch):
     monkeypatch.setenv("NNCORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(measure, "LATENCY_ROUNDS", 5)
+    monkeypatch.setattr(measure, "LATENCY_SECONDS", 0.0)
+    monkeypatch.setattr(measure, "BATCH_LATENCY_ROUNDS", 2)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if the job trains its baseline (an error must come before any training)."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the job trained before reporting the error")
+
+    monkeypatch.setattr(baseline, "train_epochs", refuse)
 
 
 def needs_speedup_model() -> nn.Module:
@@ -27,10 +51,10 @@ def needs_speedup_model() -> nn.Module:
 
 
 def tiny_data():
-    """(x_train, y_train, x_test, y_test): 3 classes told apart by the mean of a 1x6x6 image."""
+    """(x_train, y_train, x_test, y_test): 3 classes told apart by the mean of a 1x8x8 image."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
-    images = torch.rand(60, 1, 6, 6, generator=generator) * 0.2 + labels.view(-1, 1, 1, 1) * 0.4
+    images = torch.rand(60, 1, 8, 8, generator=generator) * 0.2 + labels.view(-1, 1, 1, 1) * 0.4
     return images[:45], labels[:45], images[45:], labels[45:]
 
 
@@ -38,55 +62,176 @@ def broken_data():
     return "not data"
 
 
+def run_job(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(["compress", *argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def report_of(folder) -> dict[str, Any]:
+    return json.loads((folder / "report.json").read_text())
+
+
 def test_default_job_end_to_end_quiet(tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    assert main(["compress", "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "256", "--output", str(out),
-                 "--quiet"]) == 0
-    captured = capsys.readouterr()
-    assert captured.out == "" and captured.err == ""
-    report = json.loads((out / "report.json").read_text())
+    status, stdout, stderr = run_job(capsys, "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "256",
+                                     "--output", str(out), "--quiet")
+    assert status == 0 and stdout == "" and stderr == ""
+    report = report_of(out)
     assert report["algo"] == "l1" and report["speedup"] is True
     # 16, 32 and 64 filters at sparsity 0.5 lose exactly half
     assert report["layer_sparsity"] == {"conv1": 0.5, "conv2": 0.5, "conv3": 0.5}
+    # after speedup conv2 keeps 16 of 32 filters over 8 of 16 input channels: 75% of its weights are gone;
+    # every BatchNorm loses half its channels, fc half its inputs
+    assert report["weight_reduction"] == {
+        "conv1": {"removed": 0.5, "zero": 0.0}, "bn1": {"removed": 0.5, "zero": 0.0},
+        "conv2": {"removed": 0.75, "zero": 0.0}, "bn2": {"removed": 0.5, "zero": 0.0},
+        "conv3": {"removed": 0.75, "zero": 0.0}, "bn3": {"removed": 0.5, "zero": 0.0},
+        "fc": {"removed": 0.5, "zero": 0.0}}
     # conv1 8*9*64 + conv2 16*8*9*64 + conv3 32*16*9*16 + fc 32*10 MACs
     assert report["compressed"]["flops"] == 4608 + 73728 + 73728 + 320
     assert report["baseline"]["flops"] == 9216 + 294912 + 294912 + 640
     assert report["compressed"]["params"] < report["baseline"]["params"]
     assert report["compressed"]["size_bytes"] < report["baseline"]["size_bytes"]
     for metrics in (report["baseline"], report["compressed"]):
-        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["latency_ms"] > 0
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+        low, high = metrics["latency_iqr_ms"]
+        assert 0 < low <= metrics["latency_ms"] <= high and metrics["latency_runs"] == 5
+        assert metrics["batch_latency_runs"] == 2
     shrunk = torch.load(out / "model_speedup.pt", weights_only=True)
     assert tuple(shrunk["conv1.weight"].shape) == (8, 1, 3, 3)
     masks = torch.load(out / "masks.pt", weights_only=True)
     assert int(masks["bn1"]["weight"].sum()) == 8
     markdown = (out / "report.md").read_text()
-    assert "| accuracy (test) |" in markdown and "| conv2 | 50.00% |" in markdown
-    assert (out / "sparsity.png").read_bytes()[:8] == PNG_MAGIC
+    assert "| accuracy (test) |" in markdown and "| conv2 | 50.00% | 75.00% | 0.00% |" in markdown
+    assert "interleaved" in markdown
+    for picture in ("sparsity.png", "comparison.png"):
+        assert (out / picture).read_bytes()[:8] == PNG_MAGIC
+    # report.json lists exactly the files there, written with the usual permissions
+    assert sorted(report["artifacts"]) == sorted(p.name for p in out.iterdir())
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~umask}
     assert len(list((tmp_path / "cache").glob("baseline-*.pt"))) == 1
 
     # the same recipe again: the baseline comes from the cache, and the table is printed
-    assert main(["compress", "--epochs", "1", "--finetune-epochs", "0", "--batch-size", "256",
-                 "--output", str(tmp_path / "again")]) == 0
-    captured = capsys.readouterr()
-    assert "baseline: loaded from cache" in captured.err
-    assert "accuracy (test)" in captured.out and "FLOPs (MACs)" in captured.out
+    status, stdout, stderr = run_job(capsys, "--epochs", "1", "--finetune-epochs", "0", "--batch-size", "256",
+                                     "--output", str(tmp_path / "again"))
+    assert status == 0
+    assert stderr.splitlines()[0] == (f"nncore compress: l1 pruning (sparsity 0.5) of DigitsCNN on digits, "
+                                      f"results in {tmp_path / 'again'}/")
+    assert "baseline: loaded from cache" in stderr
+    assert "accuracy (test)" in stdout and "FLOPs (MACs)" in stdout and "± " in stdout
+    assert "weights removed per layer: conv1 50%, bn1 50%, conv2 75%" in stdout
     assert len(list((tmp_path / "cache").glob("baseline-*.pt"))) == 1
 
 
-def test_user_model_data_config_and_sensitivity(tmp_path) -> None:
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps([{"sparsity": 0.5, "op_names": ["conv2"]}]))
-    out = tmp_path / "out"
-    status = main(["compress", "--model", "tests.conftest:make_tiny_cnn", "--data", "tests.jobs.test_compress:tiny_data",
-                   "--config", str(config), "--epochs", "2", "--finetune-epochs", "1", "--sensitivity",
-                   "--output", str(out), "--quiet"])
-    assert status == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["layer_sparsity"] == {"conv2": 0.5}
-    assert report["data"] == "tests.jobs.test_compress:tiny_data (tensors)"
-    rows = (out / "sensitivity.csv").read_text().splitlines()
-    assert rows[0] == "layername,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
-    assert [row.split(",")[0] for row in rows[1:]] == ["conv1", "conv2"]
+@pytest.mark.parametrize("algo", PRUNERS)
+def test_every_registered_pruner_runs_from_the_job(algo, tmp_path, capsys) -> None:
+    out = tmp_path / algo
+    status, stdout, stderr = run_job(capsys, *TINY, "--algo", algo, "--output", str(out), "--quiet")
+    assert (status, stdout, stderr) == (0, "", "")
+    report = report_of(out)
+    assert report["notes"] == [] and report["speedup"] is True
+    assert report["layer_sparsity"], f"{algo} pruned no layer"
+    # each layer reaches the target, up to rounding to whole filters / channels
+    assert all(0.4 <= value <= 0.6 for value in report["layer_sparsity"].values()), report["layer_sparsity"]
+    assert sorted(report["artifacts"]) == sorted(p.name for p in out.iterdir())
+
+
+def test_agp_gets_a_schedule_and_lottery_its_rounds(tmp_path, capsys) -> None:
+    run_job(capsys, *TINY, "--algo", "agp", "--finetune-epochs", "6", "--output", str(tmp_path / "agp"), "--quiet")
+    # pruned over the first half of the fine-tuning (end_epoch 3), then fine-tuned at the final sparsity
+    assert report_of(tmp_path / "agp")["config_list"] == [
+        {"final_sparsity": 0.5, "end_epoch": 3, "op_types": ["default"]}]
+    run_job(capsys, *TINY, "--algo", "lottery", "--output", str(tmp_path / "lottery"), "--quiet")
+    assert report_of(tmp_path / "lottery")["config_list"] == [
+        {"sparsity": 0.5, "prune_iterations": 3, "op_types": ["default"]}]
+
+
+class RecordingPruner(Pruner):
+    """A third-party pruner that asks the job for a trainer, an evaluator and a number of rounds."""
+
+    name: ClassVar[str] = "recording"
+    config_schema: ClassVar[dict[str, Any]] = {"properties": {"sparsity": {"type": "number"}}, "required": ["sparsity"]}
+    job_arguments: ClassVar[Mapping[str, str]] = {"train_one": "trainer", "score": "evaluator",
+                                                  "iterations": "pruning_rounds"}
+    seen: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, model, config_list, train_one, score, iterations, *, plugins=()):
+        super().__init__(model, config_list, plugins=plugins)
+        self.train_one, self.score, self.iterations = train_one, score, iterations
+
+    def after_wrap(self) -> None:
+        optimizer = torch.optim.SGD(self.bound_model.parameters(), lr=0.0)
+        RecordingPruner.seen.update(iterations=self.iterations, score=self.score(self.bound_model),
+                                    loss=self.train_one(self.bound_model, optimizer, None, 0, None))
+
+    @nncore.hookimpl
+    def calc_mask(self, wrapper, sparsity):
+        weight = wrapper.module.weight.detach()
+        return {"weight_mask": (weight.abs() >= weight.abs().flatten().median()).float(), "bias_mask": None}
+
+
+class NeedyPruner(Pruner):
+    """Needs a constructor argument it does not ask the job for."""
+
+    name: ClassVar[str] = "needy"
+
+    def __init__(self, model, config_list, teacher, *, plugins=()):
+        super().__init__(model, config_list, plugins=plugins)
+
+
+class TypoPruner(Pruner):
+    name: ClassVar[str] = "typo"
+    job_arguments: ClassVar[Mapping[str, str]] = {"trainer": "trainr"}
+
+
+class AttentionOnlyPruner(Pruner):
+    """Prunes attention only: cannot run on a CNN."""
+
+    name: ClassVar[str] = "attention_only"
+    default_op_types: ClassVar[tuple[str, ...]] = ("MultiheadAttention",)
+    config_schema: ClassVar[dict[str, Any]] = {"properties": {"sparsity": {"type": "number"}}}
+
+
+@pytest.fixture
+def third_party_pruners(fresh_registry):
+    module = types.ModuleType("third_party")
+
+    @nncore.hookimpl
+    def register_compressors():
+        return [RecordingPruner, NeedyPruner, TypoPruner, AttentionOnlyPruner]
+
+    module.register_compressors = register_compressors
+    default_registry().add_plugin(module, "third_party", "tests")
+
+
+def test_a_third_party_pruner_gets_what_it_declares(third_party_pruners, tmp_path, capsys) -> None:
+    RecordingPruner.seen.clear()
+    status, _, stderr = run_job(capsys, *TINY, "--algo", "recording", "--output", str(tmp_path / "o"), "--quiet")
+    assert status == 0, stderr
+    assert RecordingPruner.seen["iterations"] == 3
+    assert 0.0 <= RecordingPruner.seen["score"] <= 1.0
+    assert RecordingPruner.seen["loss"] > 0  # one epoch of the training data went through the trainer
+
+
+@pytest.mark.parametrize(("algo", "message"), [
+    ("needy", "--algo 'needy': NeedyPruner needs 'teacher', which it does not ask a job for (declare them in "
+              "its job_arguments; see nncore.jobs.supplies)"),
+    ("typo", "--algo 'typo': TypoPruner asks a job for 'trainr', which a job does not supply (it supplies "
+             "dummy_input, dependency_aware, optimizer,"),
+    ("attention_only", "--algo 'attention_only' cannot prune TinyCNN at --sparsity 0.5: config_list[0]: selects "
+                       "no module (op_types=['default'], op_names=None); module types in the model:"),
+])
+def test_a_pruner_the_job_cannot_run_is_one_line(third_party_pruners, no_training, algo, message, tmp_path,
+                                                  capsys) -> None:
+    status, _, stderr = run_job(capsys, *TINY, "--algo", algo, "--output", str(tmp_path / "o"))
+    assert status == 2
+    lines = stderr.splitlines()
+    assert lines[0].startswith(f"nncore compress: {algo} pruning")
+    assert lines[-1].startswith(f"nncore compress: error: {message}")
+    assert len(lines) == 2 and "Traceback" not in stderr  # the status line, then the error
 
 
 @pytest.mark.parametrize(
@@ -97,15 +242,77 @@ def test_user_model_data_config_and_sensitivity(tmp_path) -> None:
         (["--model", "tests.jobs.test_compress:needs_speedup_model"], "forward on an input of shape (1, 1, 8, 8) failed"),
         (["--data", "tests.jobs.test_compress:broken_data"], "expected (train_loader, test_loader) or (x_train"),
         (["--algo", "nope"], "nope"),
-        (["--sparsity", "1.5"], "--sparsity must be in [0, 1)"),
+        (["--algo", "qat"], "--algo 'qat' is a quantizer, not a pruner (quantize with --quantize)"),
+        (["--sparsity", "1.5"], "--algo 'l1' cannot prune DigitsCNN at --sparsity 1.5: config_list[0].sparsity: "
+                                "1.5 is greater than the maximum of 1"),
+        (["--sparsity", "-0.1"], "config_list[0].sparsity: -0.1 is less than the minimum of 0"),
+        (["--epochs", "-1"], "--epochs must be >= 0, got -1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--lr", "0"], "--lr must be > 0, got 0.0"),
+        (["--config", "."], "config file '.' is a directory, not a file"),
+        (["--config", "missing.json"], "config file 'missing.json' does not exist"),
+        (["--output", "a_file"], "--output 'a_file' is a file, not a folder"),
     ],
 )
-def test_broken_arguments_give_one_line_error(args, message, tmp_path, capsys) -> None:
-    status = main(["compress", *args, "--epochs", "0", "--finetune-epochs", "0", "--output", str(tmp_path / "o")])
-    assert status != 0
-    err = capsys.readouterr().err
-    assert err.startswith("nncore compress: error: ") and message in err
-    assert "Traceback" not in err and err.count("\n") == 1
+def test_broken_arguments_give_one_line_error_before_any_training(args, message, tmp_path, capsys,
+                                                                   no_training) -> None:
+    (tmp_path / "a_file").write_text("mine")
+    status, _, stderr = run_job(capsys, "--no-cache", "--output", str(tmp_path / "o"), *args)  # the last --output wins
+    assert status == 2
+    last = stderr.splitlines()[-1]
+    assert last.startswith("nncore compress: error: ") and message in last
+    assert "Traceback" not in stderr and len(stderr.splitlines()) == 2
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_a_bad_config_file_lists_its_problems_before_any_training(tmp_path, capsys, no_training) -> None:
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps([{"sparsity": 1.5, "op_types": ["Conv2d"]}, {"sparsity": 0.1, "op_names": ["fcc"]}]))
+    status, _, stderr = run_job(capsys, "--config", str(config), "--no-cache", "--output", str(tmp_path / "o"))
+    assert status == 1
+    assert f"--config {config}: invalid config_list for L1FilterPruner (2 problem(s)):" in stderr
+    assert "config_list[0].sparsity: 1.5 is greater than the maximum of 1" in stderr
+    assert "config_list[1].op_names: the model has no module named 'fcc'; did you mean 'fc'?" in stderr
+
+
+def test_sparsity_one_is_the_same_from_the_option_and_from_a_config(tmp_path, capsys) -> None:
+    config = tmp_path / "one.json"
+    config.write_text(json.dumps([{"sparsity": 1.0, "op_types": ["default"]}]))
+    assert run_job(capsys, *TINY, "--sparsity", "1.0", "--output", str(tmp_path / "a"), "--quiet")[0] == 0
+    assert run_job(capsys, *TINY, "--config", str(config), "--output", str(tmp_path / "b"), "--quiet")[0] == 0
+    by_option, by_config = report_of(tmp_path / "a"), report_of(tmp_path / "b")
+    assert by_option["config_list"] == by_config["config_list"]
+    # a filter pruner keeps one filter per layer: 3 of 4 and 7 of 8 pruned
+    assert by_option["layer_sparsity"] == by_config["layer_sparsity"] == {"conv1": 0.75, "conv2": 0.875}
+
+
+def test_a_rerun_replaces_what_the_previous_run_left(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run_job(capsys, *TINY, "--sensitivity", "--output", str(out), "--quiet")[0] == 0
+    first = set(report_of(out)["artifacts"])
+    assert {"sensitivity.csv", "sensitivity.png"} <= first
+    (out / "model_int8.onnx").write_bytes(b"stale")  # as a --quantize run would have left it
+    (out / "notes.txt").write_text("the user's own file")
+    assert run_job(capsys, *TINY, "--output", str(out), "--quiet")[0] == 0
+    report = report_of(out)
+    assert set(report["artifacts"]) == first - {"sensitivity.csv", "sensitivity.png"}
+    assert sorted(p.name for p in out.iterdir()) == sorted([*report["artifacts"], "notes.txt"])
+
+
+def test_user_model_data_config_and_sensitivity(tmp_path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps([{"sparsity": 0.5, "op_names": ["conv2"]}]))
+    out = tmp_path / "out"
+    status = main(["compress", *TINY, "--epochs", "2", "--config", str(config), "--sensitivity", "--output", str(out),
+                   "--quiet"])
+    assert status == 0
+    report = report_of(out)
+    assert report["layer_sparsity"] == {"conv2": 0.5}
+    assert report["data"] == "tests.jobs.test_compress:tiny_data (tensors)"
+    rows = (out / "sensitivity.csv").read_text().splitlines()
+    assert rows[0] == "layername,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+    assert [row.split(",")[0] for row in rows[1:]] == ["conv1", "conv2"]
 
 
 def test_cost_after_speedup_is_counted_exactly() -> None:
@@ -140,11 +347,11 @@ def test_quantize_qat_goes_on_to_an_int8_onnx_model(tmp_path) -> None:
     out = tmp_path / "out"
     assert main(["compress", "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "256", "--quantize", "qat",
                  "--output", str(out), "--quiet"]) == 0
-    report = json.loads((out / "report.json").read_text())
+    report = report_of(out)
     assert report["notes"] == []
-    assert set(report["int8"]) == {"accuracy", "latency_ms", "size_bytes"}
+    assert {"accuracy", "size_bytes", "latency_ms", "latency_iqr_ms", "batch_latency_ms"} <= set(report["int8"])
     assert 0.0 <= report["int8"]["accuracy"] <= 1.0
-    assert "model_int8.onnx" in report["artifacts"] and "calibration.pt" in report["artifacts"]
+    assert {"model_int8.onnx", "calibration.pt", "model_qat.pt"} <= set(report["artifacts"])
     graph = onnx.load(str(out / "model_int8.onnx")).graph
     operators = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= operators
@@ -152,3 +359,8 @@ def test_quantize_qat_goes_on_to_an_int8_onnx_model(tmp_path) -> None:
     assert {"conv1", "conv2", "conv3", "fc"} <= set(calibration)
     assert calibration["conv1"]["weight_bits"] == 8
     assert report["int8"]["size_bytes"] < report["compressed"]["size_bytes"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    batch = torch.rand(16, 1, 8, 8).numpy()  # the batch axis is dynamic
+    assert session.run(None, {session.get_inputs()[0].name: batch})[0].shape == (16, 10)

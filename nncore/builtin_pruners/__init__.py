@@ -8,6 +8,7 @@ from nncore.builtin_pruners.admm import ADMMPruner
 from nncore.builtin_pruners.agp import AGP_Pruner, AGPPruner
 from nncore.builtin_pruners.auto_compress import AutoCompressPruner
 from nncore.builtin_pruners.filter_weight import FPGMPruner, L1FilterPruner, L2FilterPruner
+from nncore.builtin_pruners.hidden_size import HiddenSizePruner
 from nncore.builtin_pruners.level import LevelPruner
 from nncore.builtin_pruners.lottery import LotteryTicketPruner
 from nncore.builtin_pruners.netadapt import NetAdaptPruner
@@ -26,6 +27,7 @@ __all__ = [
     "AGPPruner",
     "AGP_Pruner",
     "FPGMPruner",
+    "HiddenSizePruner",
     "L1FilterPruner",
     "L2FilterPruner",
     "LevelPruner",

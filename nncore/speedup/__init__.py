@@ -12,6 +12,7 @@ from nncore.speedup.analysis import find_attention_groups
 from nncore.speedup.attention import AttentionGroup
 from nncore.speedup.engine import ModelSpeedup, apply_compression_results
 from nncore.speedup.int8 import export_int8_onnx
+from nncore.speedup.persist import load_pruned, save_pruned
 from nncore.speedup.rules import BatchNormRule, ChannelwiseRule, ConvRule, LinearRule, ShrinkRule
 from nncore.speedup.ruletable import register_shrink_rule, unregister_shrink_rule
 from nncore.speedup.summary import SpeedupSummary
@@ -28,6 +29,8 @@ __all__ = [
     "apply_compression_results",
     "export_int8_onnx",
     "find_attention_groups",
+    "load_pruned",
     "register_shrink_rule",
+    "save_pruned",
     "unregister_shrink_rule",
 ]

@@ -18,6 +18,7 @@ from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, m
                                     replace_module, set_attr, use_graph_forward, zero_filters)
 from nncore.speedup.capture import flat_tensors
 from nncore.speedup.heads import update_head_attributes
+from nncore.speedup.persist import new_step, record_step, rewrite_record
 from nncore.speedup.rewrite import rewrite_graph
 from nncore.speedup.rules import ConvRule, LinearRule
 from nncore.speedup.ruletable import extra_rules, find_rule
@@ -149,12 +150,13 @@ class ModelSpeedup:
             return model
         diff = None
         try:
+            step = new_step()
             tied = tied_parameters(model)
-            shrunk = self._shrink(analysis, journal)
+            shrunk = self._shrink(analysis, journal, step)
             retie_parameters(tied, journal)
             self._finish_masking(analysis, deferred, shrunk, journal)
-            changed_attributes = update_head_attributes(analysis, journal)
-            rewritten = self._rewrite(analysis, journal)
+            step["attributes"] = update_head_attributes(analysis, journal)
+            rewritten = self._rewrite(analysis, journal, step)
             if self.verify or capture.method == "dispatch":
                 with torch.no_grad():
                     result = model(*args, **kwargs)
@@ -169,8 +171,10 @@ class ModelSpeedup:
                 raise SpeedupError(f"speedup self-check failed: the shrunk model differs from the masked model "
                                    f"by {diff:.3g} (output scale {scale:.3g}); the model is unchanged. Please "
                                    f"report this model; register a rule for the op involved meanwhile")
-        if changed_attributes:
-            notes.append("attributes updated: " + ", ".join(changed_attributes))
+        record_step(model, step)
+        if step["attributes"]:
+            notes.append("attributes updated: " + ", ".join(f"{owner}.{name} = {value}" for owner, values in
+                                                             step["attributes"].items() for name, value in values.items()))
         self.summary = SpeedupSummary(shrunk=shrunk, kept_by=kept_by, notes=tuple(notes),
                                       rewritten=tuple(rewritten), max_abs_diff=diff)
         logger.info("%s", self.summary)
@@ -211,8 +215,9 @@ class ModelSpeedup:
                 kept = np.nonzero(~decision.removed_mask(slots))[0]
             zero_filters(self.model.get_submodule(name), zero_rows, kept, journal)
 
-    def _shrink(self, analysis: Analysis, journal: Journal) -> dict:
-        """Slice every module and attribute with a removed index, in place (journaled)."""
+    def _shrink(self, analysis: Analysis, journal: Journal, step: dict) -> dict:
+        """Slice every module and attribute with a removed index, in place (journaled); the kept
+        indices go into ``step`` (see :mod:`nncore.speedup.persist`)."""
         decision, records, model = analysis.decision, analysis.ctx.records, self.model
         by_owner: dict[str, dict[str, np.ndarray]] = {}
         for (owner, key), slots in records.items():
@@ -222,6 +227,7 @@ class ModelSpeedup:
             removed = {key: decision.removed_mask(slots) for key, slots in axes.items()}
             if not any(mask.any() for mask in removed.values()):
                 continue
+            step["kept"][owner] = {key: np.nonzero(~mask)[0].tolist() for key, mask in removed.items()}
             if owner.startswith("attr:"):
                 target = owner[len("attr:"):]
                 tensor = get_attr(model, target)
@@ -251,12 +257,14 @@ class ModelSpeedup:
             shrunk[owner] = (before, _shape_of(module))
         return shrunk
 
-    def _rewrite(self, analysis: Analysis, journal: Journal) -> list[str]:
+    def _rewrite(self, analysis: Analysis, journal: Journal, step: dict) -> list[str]:
         """fx captures: patch literal sizes in the graph and make it the model's forward."""
         gm = analysis.capture.graph_module
         if gm is None:
             return []
         rewritten = rewrite_graph(analysis.ctx, analysis.decision, gm)
+        nodes = {node.name: node for node in gm.graph.nodes}
+        step["rewrites"] = [rewrite_record(nodes[name]) for name in rewritten]
         if rewritten:
             journal.touch(self.model)
             for node in gm.graph.nodes:

@@ -36,9 +36,10 @@ def head_counts(analysis) -> list[tuple[str, int, int, int, int, int]]:
     return found
 
 
-def update_head_attributes(analysis, journal: Journal) -> list[str]:
-    """Set the head-count attributes of every attention module that lost heads; returns what changed."""
-    changed = []
+def update_head_attributes(analysis, journal: Journal) -> dict[str, dict[str, int]]:
+    """Set the head-count attributes of every attention module that lost heads; returns
+    ``{module name: {attribute: new value}}``."""
+    changed: dict[str, dict[str, int]] = {}
     for owner, heads, kept, kv, kept_kv, head_dim in head_counts(analysis):
         if kept == heads and kept_kv == kv:
             continue
@@ -52,5 +53,5 @@ def update_head_attributes(analysis, journal: Journal) -> list[str]:
                 if isinstance(value, int) and not isinstance(value, bool) and value == old and old != new:
                     journal.touch(module)
                     setattr(module, name, new)
-                    changed.append(f"{owner}.{name}: {old} -> {new}")
+                    changed.setdefault(owner, {})[name] = new
     return changed

@@ -19,29 +19,33 @@ from nncore.speedup.rules import ShrinkRule
 
 
 class PrunedMultiheadAttention(nn.Module):
-    """Multi-head attention with ``num_heads * head_dim`` different from ``embed_dim``.
+    """Multi-head attention whose heads and input/output widths were pruned independently.
 
     Same call signature and output as ``nn.MultiheadAttention``; the returned attention weights
-    (when asked for) are over the remaining heads only.
+    (when asked for) are over the remaining heads only. It is not a unit for later speedups: they
+    look into its ``forward`` (plain projections and matrix products).
     """
 
-    def __init__(self, mha: nn.MultiheadAttention, heads: np.ndarray) -> None:
+    def __init__(self, mha: nn.MultiheadAttention, heads: np.ndarray, embed_in: np.ndarray | None = None,
+                 embed_out: np.ndarray | None = None) -> None:
         super().__init__()
         embed, head_dim = mha.embed_dim, mha.head_dim
         index = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads.tolist()]) \
             if len(heads) else torch.zeros(0, dtype=torch.long)
-        self.embed_dim, self.head_dim, self.num_heads = embed, head_dim, len(heads)
+        columns = torch.arange(embed) if embed_in is None else torch.as_tensor(embed_in, dtype=torch.long)
+        rows = torch.arange(embed) if embed_out is None else torch.as_tensor(embed_out, dtype=torch.long)
+        self.embed_dim, self.head_dim, self.num_heads = len(rows), head_dim, len(heads)
         self.kept_heads = torch.as_tensor(heads, dtype=torch.long)
         self.original_heads = mha.num_heads
         self.batch_first, self.dropout = mha.batch_first, mha.dropout
         weight, bias = mha.in_proj_weight.detach(), mha.in_proj_bias
         self.q_proj, self.k_proj, self.v_proj = (
-            self._linear(weight[part * embed:(part + 1) * embed][index],
+            self._linear(weight[part * embed:(part + 1) * embed][index][:, columns],
                          None if bias is None else bias.detach()[part * embed:(part + 1) * embed][index])
             for part in range(3))
         out_bias = mha.out_proj.bias
-        self.out_proj = self._linear(mha.out_proj.weight.detach()[:, index],
-                                     None if out_bias is None else out_bias.detach())
+        self.out_proj = self._linear(mha.out_proj.weight.detach()[rows][:, index],
+                                     None if out_bias is None else out_bias.detach()[rows])
 
     @staticmethod
     def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -98,7 +102,9 @@ class PrunedMultiheadAttention(nn.Module):
 
 
 class MultiheadAttentionRule(ShrinkRule):
-    """Prunes heads of ``nn.MultiheadAttention`` whose ``out_proj`` columns are all masked."""
+    """``nn.MultiheadAttention``: heads whose ``out_proj`` columns are all masked go; input channels
+    that are zero (or leave the residual stream) and output channels whose ``out_proj`` rows are
+    masked go too. A pruned one becomes a :class:`PrunedMultiheadAttention`."""
 
     def propagate(self, ctx, node, module, inputs, output):
         name = str(node.target)
@@ -106,29 +112,33 @@ class MultiheadAttentionRule(ShrinkRule):
         if (not isinstance(query, TInfo) or not module._qkv_same_embed_dim or module.bias_k is not None
                 or module.add_zero_attn or module.in_proj_weight is None):
             return ctx.barrier(node, output)
-        for arg in list(node.args) + list(node.kwargs.values()):
+        embed_in, in_zero = query.slots[-1], query.zero[-1]
+        for arg in list(node.args[1:3]) + [node.kwargs.get("key"), node.kwargs.get("value")]:
             info = ctx.info(arg)
-            if isinstance(info, TInfo):
-                ctx.classes.pin(info.slots[-1], f"nn.MultiheadAttention {name!r} (embedding dimension)")
+            if isinstance(info, TInfo) and len(info.slots[-1]) == len(embed_in):
+                ctx.classes.union_vectors(embed_in, info.slots[-1])
+                in_zero = in_zero & info.zero[-1]
+        ctx.classes.read(embed_in, in_zero)
+        ctx.record(name, "embed_in", embed_in)
         heads = ctx.classes.new(module.num_heads)
         out_proj = f"{name}.out_proj"
+        embed = module.embed_dim
         if ctx.is_masked(out_proj):
-            columns = zero_slabs(ctx.weight_mask(out_proj), 1).reshape(module.num_heads, -1)
-            ok = columns.all(axis=1)
+            mask = ctx.weight_mask(out_proj)
+            ok = zero_slabs(mask, 1).reshape(module.num_heads, -1).all(axis=1)
+            bias = module.out_proj.bias
+            out_zero = zero_slabs(mask, 0) & (np.ones(embed, bool) if bias is None else (bias.detach() == 0).numpy())
         else:
-            ok = np.zeros(module.num_heads, bool)
+            ok, out_zero = np.zeros(module.num_heads, bool), no_zero(embed)
         ctx.classes.read(heads, ok)
         ctx.record(name, "heads", heads)
-        out_value = output[0]
+        embed_out = ctx.classes.new(embed)
+        ctx.record(name, "embed_out", embed_out)
         lead = query.slots[:-1]
-        out = TInfo(lead + [pinned_vector(out_value.shape[-1])],
-                    [no_zero(len(s)) for s in lead] + [no_zero(out_value.shape[-1])])
+        out = TInfo(lead + [embed_out], [no_zero(len(s)) for s in lead] + [out_zero])
         weights = None if output[1] is None else TInfo([pinned_vector(n) for n in output[1].shape],
                                                        [no_zero(n) for n in output[1].shape])
         return (out, weights)
 
     def shrink(self, module, kept):
-        heads = kept("heads")
-        if isinstance(module, PrunedMultiheadAttention):
-            raise NotImplementedError("a PrunedMultiheadAttention cannot be pruned again")
-        return PrunedMultiheadAttention(module, heads).train(module.training)
+        return PrunedMultiheadAttention(module, kept("heads"), kept("embed_in"), kept("embed_out")).train(module.training)

@@ -47,6 +47,10 @@ class ShrinkRule:
         """Whether this rule describes ``module`` (default: every module of the registered type)."""
         return True
 
+    def axis_params(self, module: nn.Module, key: str) -> list[tuple[torch.Tensor, int]]:
+        """The parameters sliced along axis ``key``, as ``(tensor, dim)`` (for group importance)."""
+        return []
+
 
 def _slice(tensor: torch.Tensor | None, index: np.ndarray, dim: int) -> torch.Tensor | None:
     if tensor is None:
@@ -129,6 +133,11 @@ class ConvRule(ShrinkRule):
         module.in_channels, module.out_channels = len(keep_in), len(keep_out)
         return None
 
+    def axis_params(self, module, key):
+        if key in ("out", "channels"):
+            return [(module.weight, 0)] + ([(module.bias, 0)] if module.bias is not None else [])
+        return [(module.weight, 1)] if key == "in" and module.groups == 1 else []
+
 
 class LinearRule(ShrinkRule):
     """``nn.Linear``: input and output features on the last dimension."""
@@ -160,6 +169,11 @@ class LinearRule(ShrinkRule):
         _set_param(module, "bias", _slice(module.bias, keep_out, 0))
         module.in_features, module.out_features = len(keep_in), len(keep_out)
         return None
+
+    def axis_params(self, module, key):
+        if key == "out":
+            return [(module.weight, 0)] + ([(module.bias, 0)] if module.bias is not None else [])
+        return [(module.weight, 1)] if key == "in" else []
 
 
 class Conv1DRule(ShrinkRule):
@@ -198,6 +212,11 @@ class Conv1DRule(ShrinkRule):
         weight = getattr(module, "weight", None)
         return isinstance(weight, torch.Tensor) and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1]
 
+    def axis_params(self, module, key):
+        if key == "out":
+            return [(module.weight, 1)] + ([(module.bias, 0)] if module.bias is not None else [])
+        return [(module.weight, 0)] if key == "in" else []
+
 
 class EmbeddingRule(ShrinkRule):
     """``nn.Embedding``: the embedding dimension (columns of the table); the indices are read as is."""
@@ -215,6 +234,9 @@ class EmbeddingRule(ShrinkRule):
         _set_param(module, "weight", _slice(module.weight, keep, 1))
         module.embedding_dim = len(keep)
         return None
+
+    def axis_params(self, module, key):
+        return [(module.weight, 1)] if key == "dim" else []
 
 
 class NormRule(ShrinkRule):
@@ -248,6 +270,10 @@ class NormRule(ShrinkRule):
         return (type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1
                 and not list(module.children()) and len(list(module.parameters())) == 1)
 
+    def axis_params(self, module, key):
+        return [(getattr(module, attr), 0) for attr in ("weight", "bias")
+                if key == "channels" and isinstance(getattr(module, attr, None), torch.Tensor)]
+
 
 class BatchNormRule(ShrinkRule):
     """``nn.BatchNorm1d/2d/3d``: per-channel parameters and running statistics on dim 1."""
@@ -272,6 +298,10 @@ class BatchNormRule(ShrinkRule):
                 _set_param(module, attr, _slice(getattr(module, attr), keep, 0))
         module.num_features = len(keep)
         return None
+
+    def axis_params(self, module, key):
+        return [(getattr(module, attr), 0) for attr in ("weight", "bias")
+                if key == "channels" and isinstance(getattr(module, attr, None), torch.Tensor)]
 
 
 class ChannelwiseRule(ShrinkRule):

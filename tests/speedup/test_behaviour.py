@@ -424,3 +424,39 @@ def test_verify_measures_the_difference_to_the_masked_model():
     assert model.c1.out_channels == 5
     assert speedup.summary.max_abs_diff is not None and speedup.summary.max_abs_diff < 1e-5
     assert "c1: (8, 3, 3, 3) -> (5, 3, 3, 3)" in str(speedup.summary)
+
+
+class AuxNet(nn.Module):
+    """An auxiliary head that runs only in training (GoogLeNet / Inception-v3 style)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.aux = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        aux = self.aux(x) if self.training else None
+        out = self.fc(self.c2(x).mean((2, 3)))
+        return (out, aux) if self.training else out
+
+
+def test_training_only_branches_shrink_with_their_inputs_and_the_model_still_trains():
+    torch.manual_seed(0)
+    model = randomize_bn(AuxNet())
+    masks = {"c1": {"weight": torch.ones(8, 3, 3, 3), "bias": torch.ones(8)},
+             "b1": {"weight": torch.ones(8), "bias": torch.ones(8)}}
+    for key, mask in (("c1", masks["c1"]), ("b1", masks["b1"])):
+        mask["weight"][:3] = 0
+        mask["bias"][:3] = 0
+    reference = masked_copy(model, masks)
+    ModelSpeedup(model, DUMMY, masks).speedup_model()
+    assert model.c1.out_channels == 5
+    assert model.aux[2].weight.shape == (3, 5)  # traced by the second, training-mode recording
+    assert_same_function(model, reference, (2, 3, 6, 6))
+    model.train()
+    out, aux = model(torch.randn(4, 3, 6, 6))
+    (out.sum() + aux.sum()).backward()
+    assert model.aux[2].weight.grad.shape == (3, 5) and model.c1.weight.grad.shape == (5, 3, 3, 3)

@@ -122,6 +122,14 @@ def load_job_data(spec: str | None, batch_size: int = DEFAULT_BATCH_SIZE, seed: 
     return data_from_callable(load_object(spec, "--data"), spec, batch_size, seed)
 
 
+def reseed(loader: Iterable[Any], seed: int) -> None:
+    """Restart the shuffling of a :class:`DataLoader` built here (seeded generator) at ``seed``, so
+    that a job step sees the same batches whether or not earlier steps (a cached baseline) ran."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(loader, DataLoader) and isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+
+
 # -- the standard loops -------------------------------------------------------------------------
 
 

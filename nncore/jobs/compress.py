@@ -22,8 +22,8 @@ import torch.nn as nn
 
 from nncore.artifacts import save_torch
 from nncore.cli import build_model, read_config_list, text_table
-from nncore.data import JobData, accuracy, load_job_data
-from nncore.errors import NncoreError
+from nncore.data import JobData, accuracy, load_job_data, reseed
+from nncore.errors import ArtifactError, NncoreError
 from nncore.jobs.baseline import check_forward, trained_baseline
 from nncore.jobs.cost import weight_reduction
 from nncore.jobs.measure import add_latencies, model_figures, onnx_runner, torch_runner
@@ -34,7 +34,7 @@ from nncore.jobs.pruning import check_pruner, prune_and_finetune, pruner_class
 from nncore.jobs.quantize import check_quantizer, int8_figures, quantize_int8
 from nncore.jobs.report import columns_of, comparison_rows, latency_note, markdown_report, write_text
 from nncore.jobs.supplies import JobSupplies, declared, job_config_list
-from nncore.speedup import ModelSpeedup
+from nncore.speedup import ModelSpeedup, save_pruned
 
 
 @attrs.frozen
@@ -88,6 +88,16 @@ def speed_up(masked: nn.Module, masks: dict, data: JobData, notes: list[str], ve
     return compressed, True
 
 
+def save_speedup(compressed: nn.Module, path: Path, notes: list[str]) -> None:
+    """``model_speedup.pt`` by :func:`~nncore.speedup.save_pruned`: ``load_pruned(Model(), path)``
+    rebuilds it from a fresh model; a note instead when speedup removed nothing."""
+    try:
+        save_pruned(compressed, path)
+    except ArtifactError:
+        notes.append("speedup removed no weight (the pruning is not structured): no model_speedup.pt, "
+                     "model_pruned.pt is the compressed model")
+
+
 def run_sensitivity(model: nn.Module, data: JobData, algo: str, output: Path, notes: list[str], verbose: bool) -> None:
     """Sensitivity of every layer (test accuracy) to ``sensitivity.csv`` and ``sensitivity.png``."""
     from nncore.utils.sensitivity import SensitivityAnalysis
@@ -131,6 +141,7 @@ def compress_job(args: argparse.Namespace) -> int:
         run_sensitivity(model, data, setup.sensitivity_algo, output, notes, verbose)
 
     torch.manual_seed(args.seed)
+    reseed(data.train_loader, args.seed)
     supplies = JobSupplies(model, data, lr=args.lr / 4, output=output, seed=args.seed, verbose=verbose,
                            sparsity=args.sparsity, finetune_epochs=args.finetune_epochs)
     masks, sparsity = prune_and_finetune(args.algo, model, setup.config_list, supplies, args.finetune_epochs, verbose)
@@ -140,7 +151,7 @@ def compress_job(args: argparse.Namespace) -> int:
     figures["compressed"] = model_figures(compressed, data, masked=not really)
     runners["compressed"] = lambda batch: torch_runner(compressed, batch)
     if really:
-        save_torch(compressed.state_dict(), output / "model_speedup.pt")
+        save_speedup(compressed, output / "model_speedup.pt", notes)
     if setup.quantizer is not None:
         try:
             onnx_path = quantize_int8(setup.quantizer, compressed, data, epochs=max(1, args.finetune_epochs // 2),

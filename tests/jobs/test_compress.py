@@ -18,12 +18,17 @@ from nncore.compressor import Pruner
 from nncore.jobs import baseline, measure
 from nncore.jobs.cost import compressed_cost, effective_flops_params
 from nncore.jobs.pruning import make_pruner
+from nncore.jobs.supplies import job_config_list
 from nncore.registry import default_registry
+from nncore.speedup import load_pruned
 from nncore.zoo import DigitsCNN
+from tests.conftest import make_tiny_cnn
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--model", "tests.conftest:make_tiny_cnn", "--data", "tests.jobs.test_compress:tiny_data",
         "--epochs", "1", "--finetune-epochs", "1", "--batch-size", "256"]
+UNSTRUCTURED_NOTE = ("speedup removed no weight (the pruning is not structured): no model_speedup.pt, "
+                     "model_pruned.pt is the compressed model")
 PRUNERS = sorted(info.name for info in nncore.list_compressors() if info.kind == "pruner")
 
 
@@ -98,8 +103,14 @@ def test_default_job_end_to_end_quiet(tmp_path, capsys) -> None:
         low, high = metrics["latency_iqr_ms"]
         assert 0 < low <= metrics["latency_ms"] <= high and metrics["latency_runs"] == 5
         assert metrics["batch_latency_runs"] == 2
-    shrunk = torch.load(out / "model_speedup.pt", weights_only=True)
-    assert tuple(shrunk["conv1.weight"].shape) == (8, 1, 3, 3)
+    # model_speedup.pt rebuilds the small model from a fresh DigitsCNN; it computes what the pruned one does
+    shrunk = load_pruned(DigitsCNN(), out / "model_speedup.pt").eval()
+    assert tuple(shrunk.conv1.weight.shape) == (8, 1, 3, 3) and tuple(shrunk.conv2.weight.shape) == (16, 8, 3, 3)
+    pruned = DigitsCNN()
+    pruned.load_state_dict(torch.load(out / "model_pruned.pt", weights_only=True))
+    inputs = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(shrunk(inputs), pruned.eval()(inputs), rtol=1e-4, atol=1e-5)
     masks = torch.load(out / "masks.pt", weights_only=True)
     assert int(masks["bn1"]["weight"].sum()) == 8
     markdown = (out / "report.md").read_text()
@@ -126,13 +137,81 @@ def test_default_job_end_to_end_quiet(tmp_path, capsys) -> None:
     assert len(list((tmp_path / "cache").glob("baseline-*.pt"))) == 1
 
 
+class TinyStream(nn.Module):
+    """A transformer-like residual stream on 1x8x8 inputs: four 4x4 patches -> width 8 -> LayerNorms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(16, 8)
+        self.norm1 = nn.LayerNorm(8)
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8)
+        self.norm2 = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.unfold(2, 4, 4).unfold(3, 4, 4).reshape(x.shape[0], 4, 16))
+        h = h + self.down(torch.relu(self.up(self.norm1(h))))
+        return self.head(self.norm2(h).mean(dim=1))
+
+
+class TinyAttention(nn.Module):
+    """Four 4x4 patches -> width 8 -> one self-attention layer (2 heads) -> 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(16, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.unfold(2, 4, 4).unfold(3, 4, 4).reshape(x.shape[0], 4, 16))
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        return self.head(h.mean(dim=1))
+
+
+def make_tiny_stream() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyStream()
+
+
+def make_tiny_attention() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyAttention()
+
+
+TEST_MODELS = {"tests.conftest:make_tiny_cnn": make_tiny_cnn, "tests.jobs.test_compress:make_tiny_stream":
+               make_tiny_stream, "tests.jobs.test_compress:make_tiny_attention": make_tiny_attention}
+
+
+def first_model_it_prunes(algo: str) -> str:
+    """The first test model on which ``algo``'s job config_list is valid (the CNN for most pruners)."""
+    cls = nncore.get_compressor(algo)
+    for spec, make in TEST_MODELS.items():
+        try:
+            cls.check_config(make(), job_config_list(cls, 0.5, 1))
+            return spec
+        except nncore.ConfigError:
+            continue
+    raise AssertionError(f"no test model fits {algo}: add one to TEST_MODELS")
+
+
 @pytest.mark.parametrize("algo", PRUNERS)
 def test_every_registered_pruner_runs_from_the_job(algo, tmp_path, capsys) -> None:
+    model = first_model_it_prunes(algo)
+    if model != "tests.conftest:make_tiny_cnn":  # it says, in one line, that it cannot prune the CNN
+        status, _, stderr = run_job(capsys, *TINY, "--algo", algo, "--output", str(tmp_path / "cnn"), "--quiet")
+        assert status == 2 and stderr.startswith(f"nncore compress: error: --algo {algo!r} cannot prune TinyCNN")
+        assert stderr.count("\n") == 1
     out = tmp_path / algo
-    status, stdout, stderr = run_job(capsys, *TINY, "--algo", algo, "--output", str(out), "--quiet")
+    status, stdout, stderr = run_job(capsys, *TINY, "--model", model, "--algo", algo, "--output", str(out), "--quiet")
     assert (status, stdout, stderr) == (0, "", "")
     report = report_of(out)
-    assert report["notes"] == [] and report["speedup"] is True
+    assert report["speedup"] is True
+    if all(reduction["removed"] == 0 for reduction in report["weight_reduction"].values()):  # unstructured
+        assert report["notes"] == [UNSTRUCTURED_NOTE] and "model_speedup.pt" not in report["artifacts"]
+    else:
+        assert report["notes"] == [] and "model_speedup.pt" in report["artifacts"]
     assert report["layer_sparsity"], f"{algo} pruned no layer"
     # each layer reaches the target, up to rounding to whole filters / channels
     assert all(0.4 <= value <= 0.6 for value in report["layer_sparsity"].values()), report["layer_sparsity"]
@@ -364,3 +443,11 @@ def test_quantize_qat_goes_on_to_an_int8_onnx_model(tmp_path) -> None:
     session = onnxruntime.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
     batch = torch.rand(16, 1, 8, 8).numpy()  # the batch axis is dynamic
     assert session.run(None, {session.get_inputs()[0].name: batch})[0].shape == (16, 10)
+
+
+def test_a_cached_baseline_gives_the_same_result_as_a_trained_one(tmp_path, capsys) -> None:
+    for name in ("trained", "cached"):
+        assert run_job(capsys, *TINY, "--finetune-epochs", "2", "--output", str(tmp_path / name), "--quiet")[0] == 0
+    assert len(list((tmp_path / "cache").glob("baseline-*.pt"))) == 1
+    trained, cached = (torch.load(tmp_path / name / "model_pruned.pt", weights_only=True) for name in ("trained", "cached"))
+    assert trained.keys() == cached.keys() and all(torch.equal(trained[k], cached[k]) for k in trained)

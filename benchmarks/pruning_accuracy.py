@@ -20,7 +20,10 @@ fine-tunes it for ``--finetune-epochs`` (Adam at the training learning rate, cos
   re-initialisation trained the same way (the "lottery control" row);
 * NetAdapt, simulated annealing and AutoCompress search per-layer filter sparsities (base_algo
   'l1') for 50% of all conv weights, scoring candidates on the validation split; their target
-  is "at least as accurate as uniform L1 at the same overall sparsity", i.e. the l1 row.
+  is "at least as accurate as uniform L1 at the same overall sparsity", i.e. the l1 row;
+* AMC searches per-layer preserve ratios for the FLOPs that uniform L1 keeps (50% of every
+  conv's filters, measured after speedup), ``--amc-episodes`` episodes rewarded by the
+  validation accuracy (see ``run_amc``); target: FLOPs <= the l1 row's and accuracy >= it.
 
 Columns: sparsity = masked fraction of the weights (BN channels for slim) of the layers the
 algorithm prunes; params = non-zero parameters and FLOPs = multiply-accumulates per image, both
@@ -65,7 +68,7 @@ CONVS = [{"sparsity": 0.5, "op_types": ["Conv2d"]}]
 WEIGHTS_80 = [{"sparsity": 0.8, "op_types": ["Conv2d", "Linear"]}]
 FILTER_PRUNERS = ("l1", "l2", "fpgm", "apoz", "mean_activation", "taylorfo", "slim")
 SEARCH_PRUNERS = ("netadapt", "simulated_annealing", "auto_compress")
-ALGORITHMS = FILTER_PRUNERS + ("level", "agp", "lottery") + SEARCH_PRUNERS
+ALGORITHMS = FILTER_PRUNERS + ("level", "agp", "lottery") + SEARCH_PRUNERS + ("amc",)
 # Network Slimming's sparsity training. SGD (momentum 0.9, cosine), as in the paper: under Adam the
 # per-parameter normalisation turns the L1 subgradient into the same lr-sized shrink of every gamma
 # whatever the penalty (1e-2..1e-1 gave identical, useless rankings). The penalty is far above the
@@ -204,6 +207,7 @@ class Setup:
     lottery_rounds: int
     lr: float
     workdir: Path
+    amc_episodes: int = 300
 
 
 def slim_sparsity_training(model: nn.Module, data: Digits) -> None:
@@ -349,13 +353,48 @@ def run_search(name: str, setup: Setup) -> Row:
     return finish(name, pruner, model, data, started, note=layers)
 
 
+def uniform_l1_flops_ratio(setup: Setup) -> float:
+    """FLOPs of the dense model pruned by uniform L1 (50% of every conv's filters, sped up) over dense FLOPs."""
+    pruner = get_compressor("l1")(copy.deepcopy(setup.dense), CONVS)
+    pruner.compress()
+    masks = pruner.masks()
+    _, pruned, _ = size_of(pruner.unwrap_model(), masks)
+    _, dense, _ = size_of(setup.dense, None)
+    return pruned / dense
+
+
+def run_amc(name: str, setup: Setup) -> Row:
+    """AMC at uniform L1's FLOPs: the DDPG search scored on the validation split, then fine-tune."""
+    data = setup.data
+    flops_ratio = uniform_l1_flops_ratio(setup)
+    model = copy.deepcopy(setup.dense)
+    started = time.perf_counter()
+    val_loader = [(data.x_val[i:i + BATCH], data.y_val[i:i + BATCH]) for i in range(0, len(data.x_val), BATCH)]
+
+    def evaluator(loader: Any, candidate: nn.Module) -> float:
+        return 100 * accuracy(candidate, data.x_val, data.y_val)
+
+    warmup = max(1, setup.amc_episodes // 4)
+    pruner = get_compressor(name)(
+        model, [{"op_types": ["Conv2d", "Linear"]}], evaluator, val_loader, flops_ratio=flops_ratio,
+        channel_round=1, warmup=warmup, train_episode=setup.amc_episodes, output_dir=str(setup.workdir),
+        suffix=name, seed=0, verbose=False)
+    pruner.compress()
+    searched = pruner.best["accuracy"]
+    train(model, data, setup.finetune_epochs, setup.lr, seed=11)
+    channels = ", ".join(f"{n} {kept}/{total}" for n, (kept, total) in pruner.final_channels().items())
+    note = (f"budget {flops_ratio:.2%} of dense FLOPs (uniform l1's); {setup.amc_episodes} episodes "
+            f"({warmup} warm-up), channel_round 1; kept {channels}; val accuracy before fine-tuning {searched:.1f}%")
+    return finish(name, pruner, model, data, started, note=note)
+
+
 def run(name: str, setup: Setup) -> list[Row]:
     """The rows of one algorithm; "not available" when it is not registered."""
     try:
         get_compressor(name)
     except UnknownCompressorError:
         return [Row(name, note="not available")]
-    runner = {"level": run_level, "agp": run_agp, "lottery": run_lottery}.get(name)
+    runner = {"level": run_level, "agp": run_agp, "lottery": run_lottery, "amc": run_amc}.get(name)
     runner = runner or (run_search if name in SEARCH_PRUNERS else run_filter_pruner)
     try:
         rows = runner(name, setup)
@@ -388,6 +427,11 @@ def verdicts(rows: list[Row], dense: Row) -> dict[str, str]:
                 control = next((r for r in rows if r.algorithm.startswith("lottery control")), None)
                 beats = control is not None and row.accuracy > control.accuracy
                 ok, text = ok and beats, f"{text} and above control: {beats}"
+        elif row.algorithm == "amc":
+            uniform = by_name.get("l1")
+            ok = (uniform is not None and uniform.accuracy is not None and row.accuracy >= uniform.accuracy
+                  and int(row.flops.replace(",", "")) <= int(uniform.flops.replace(",", "")))
+            text = "FLOPs <= uniform l1's and accuracy >= uniform l1"
         else:
             uniform = by_name.get("l1")
             budget = float(row.sparsity.rstrip("%")) >= 50.0 - 1e-9
@@ -418,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=16)
     parser.add_argument("--lottery-rounds", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--amc-episodes", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(ALGORITHMS))
     args = parser.parse_args(argv)
@@ -436,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.only.split(",") if n] or list(ALGORITHMS)
     with tempfile.TemporaryDirectory() as workdir:
         setup = Setup(data, dense, initial, args.dense_epochs, args.finetune_epochs, args.lottery_rounds, args.lr,
-                      Path(workdir))
+                      Path(workdir), args.amc_episodes)
         for name in names:
             rows += run(name, setup)
             print(f"{rows[-1].algorithm}: {rows[-1].accuracy} ({rows[-1].note})", file=sys.stderr, flush=True)

@@ -28,12 +28,13 @@ class ConformanceNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(8)
+        self.norm = nn.LayerNorm(8)
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.fc(self.norm(x.mean(dim=(2, 3))))
 
 
 def example_value(spec: dict[str, Any]) -> Any:
@@ -72,7 +73,25 @@ def tiny_trainer(model, optimizer, criterion=None, epoch=0, callback=None):
     optimizer.step()
 
 
+def amc_arguments(model: nn.Module, tmp_path) -> dict[str, Any]:
+    """AMC keeps NNI's ``evaluator(val_loader, model)``; a short search on one batch."""
+    loader = [(torch.randn(*INPUT_SHAPE), torch.zeros(INPUT_SHAPE[0], dtype=torch.long))]
+
+    def evaluator(val_loader, m: nn.Module) -> float:
+        with torch.no_grad():
+            return float(-m(torch.ones(*INPUT_SHAPE)).abs().mean())
+
+    return {"evaluator": evaluator, "val_loader": loader, "channel_round": 1, "train_episode": 2, "warmup": 1, "output_dir": str(tmp_path),
+            "verbose": False}
+
+
+# Constructor arguments of algorithms whose signature the generic guesses below do not fit.
+SPECIAL_ARGUMENTS = {"amc": amc_arguments}
+
+
 def constructor_arguments(cls: type, model: nn.Module, tmp_path) -> dict[str, Any]:
+    if cls.name in SPECIAL_ARGUMENTS:
+        return SPECIAL_ARGUMENTS[cls.name](model, tmp_path)
     known = {
         "optimizer": lambda: torch.optim.SGD(model.parameters(), lr=0.01),
         "trainer": lambda: tiny_trainer,

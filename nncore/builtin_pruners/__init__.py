@@ -5,6 +5,7 @@ For seed-compatible imports: ``from nncore.builtin_pruners import LevelPruner, A
 """
 from nncore.builtin_pruners.activation_rank import ActivationAPoZRankFilterPruner, ActivationMeanRankFilterPruner
 from nncore.builtin_pruners.admm import ADMMPruner
+from nncore.builtin_pruners.amc import AMCPruner
 from nncore.builtin_pruners.agp import AGP_Pruner, AGPPruner
 from nncore.builtin_pruners.auto_compress import AutoCompressPruner
 from nncore.builtin_pruners.filter_weight import FPGMPruner, L1FilterPruner, L2FilterPruner
@@ -18,6 +19,7 @@ from nncore.builtin_pruners.taylor import TaylorFOWeightFilterPruner
 
 __all__ = [
     "ADMMPruner",
+    "AMCPruner",
     "AutoCompressPruner",
     "LotteryTicketPruner",
     "NetAdaptPruner",

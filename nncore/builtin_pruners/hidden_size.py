@@ -35,6 +35,17 @@ def is_norm(module: nn.Module) -> bool:
         isinstance(weight, nn.Parameter) and weight.dim() == 1
 
 
+def _streams(norm_roots: dict[str, list[int]]) -> list[tuple[list[str], np.ndarray]]:
+    """Norms that share hidden channels (class roots) form one stream: (norms, its sorted roots)."""
+    streams: list[tuple[list[str], set[int]]] = []
+    for owner, found in norm_roots.items():
+        mine = set(found)
+        overlapping = [s for s in streams if s[1] & mine]
+        merged = ([owner] + [n for s in overlapping for n in s[0]], mine.union(*(s[1] for s in overlapping)))
+        streams = [s for s in streams if not s[1] & mine] + [merged]
+    return [(sorted(norms), np.array(sorted(roots), dtype=np.int64)) for norms, roots in streams]
+
+
 class HiddenSizePruner(Pruner):
     """Prunes the hidden size of every residual stream whose norms the config selects.
 
@@ -99,12 +110,11 @@ class HiddenSizePruner(Pruner):
         norm_roots: dict[str, list[int]] = {}
         for slot, _, owner in analysis.ctx.classes.requests:
             norm_roots.setdefault(owner, []).append(int(roots[slot]))
+        for owner, found in norm_roots.items():  # a norm run twice is one norm
+            norm_roots[owner] = found[:self.bound_model.get_submodule(owner).weight.numel()]
         sparsity = {config.name: config["sparsity"] for config in self.layer_configs}
-        streams: dict[tuple, list[str]] = {}
-        for owner, stream in norm_roots.items():
-            streams.setdefault(tuple(stream), []).append(owner)
         masks = {}
-        for stream, norms in streams.items():
+        for norms, stream in _streams(norm_roots):
             chosen = {name: sparsity[name] for name in norms if name in sparsity}
             if not chosen:
                 continue
@@ -112,16 +122,15 @@ class HiddenSizePruner(Pruner):
                 raise ConfigError(f"HiddenSizePruner: the norms of one residual stream must share one sparsity, got "
                                   + ", ".join(f"{name}: {value}" for name, value in sorted(chosen.items())),
                                   header="invalid config_list")
-            importance = self._importance(analysis, np.asarray(stream))
+            importance = self._importance(analysis, stream)
             count = min(int(len(stream) * next(iter(chosen.values()))), len(stream) - 1)
-            keep = torch.ones(len(stream))
-            keep[torch.argsort(torch.as_tensor(importance), stable=True)[:count]] = 0
+            removed = set(stream[np.argsort(importance, kind="stable")[:count]].tolist())
             for name in norms:
-                masks[name] = keep
+                masks[name] = torch.tensor([0.0 if root in removed else 1.0 for root in norm_roots[name]])
         return masks
 
     def _importance(self, analysis, stream: np.ndarray) -> np.ndarray:
-        """Per hidden channel of ``stream`` (class roots), the group importance (module docstring)."""
+        """Per hidden channel of ``stream`` (its class roots), the group importance (module docstring)."""
         from nncore.speedup.journal import get_attr
         from nncore.speedup.ruletable import find_rule
 

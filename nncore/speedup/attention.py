@@ -212,3 +212,29 @@ def scaled_dot_product(ctx, node: fx.Node, value: torch.Tensor):
     slots = batch + [heads, q.slots[-2], v.slots[-1]]
     zeros = [no_zero(len(s)) for s in batch] + [zero_heads, no_zero(len(q.slots[-2])), no_zero(len(v.slots[-1]))]
     return TInfo(slots, zeros)
+
+
+def window_attention(ctx, node: fx.Node, value: torch.Tensor):
+    """torchvision's ``shifted_window_attention(input, qkv_weight, proj_weight, ...)`` (Swin): it
+    derives the head size from the input width, so the input channels stay; the output channels
+    are the ``proj`` weight's rows; the heads inside stay whole."""
+    x = ctx.info(_tensor_arg(node, 0, "input"))
+    weights = [ctx.info(_tensor_arg(node, i, key)) for i, key in ((1, "qkv_weight"), (2, "proj_weight"))]
+    biases = [ctx.info(node.kwargs.get(key) if key in node.kwargs else (node.args[i] if len(node.args) > i else None))
+              for i, key in ((9, "qkv_bias"), (10, "proj_bias"))]
+    if not isinstance(x, TInfo) or not all(isinstance(w, TInfo) and w.ndim == 2 for w in weights):
+        return ctx.barrier(node, value)
+    qkv, proj = weights
+    label = f"{ctx.op_label(node)} (attention heads inside)"
+    ctx.classes.union_vectors(x.slots[-1], qkv.slots[1])
+    ctx.classes.pin(x.slots[-1], f"{ctx.op_label(node)} (its head size is the input width / num_heads)", x.zero[-1])
+    ctx.classes.pin(qkv.slots[0], label)
+    ctx.classes.pin(proj.slots[1], label)
+    for bias, weight in zip(biases, weights):
+        if isinstance(bias, TInfo):
+            ctx.classes.union_vectors(weight.slots[0], bias.slots[0])
+    for d in range(3, len(node.args)):
+        if d not in (9, 10):
+            ctx.pin_all(ctx.info(node.args[d]), label)
+    lead = x.slots[:-1]
+    return TInfo(lead + [proj.slots[0]], [no_zero(len(s)) for s in lead] + [no_zero(len(proj.slots[0]))])

@@ -117,11 +117,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
 
 
 def _fx_visited(gm: fx.GraphModule) -> set[str]:
+    """Modules the graph runs or reads from (a unit's own submodules included)."""
     names = set()
     for node in gm.graph.nodes:
         if node.op in ("call_module", "get_attr"):
             parts = str(node.target).split(".")
             names.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+        if node.op == "call_module":
+            names.update(name for name, _ in gm.get_submodule(str(node.target)).named_modules(prefix=str(node.target)))
     return names
 
 
@@ -213,6 +216,8 @@ class _Recorder(TorchFunctionMode):
             self.visited.add(name)
             self.stack.append(name)
             if self.leaf_depth or (name and self.is_leaf(module)):
+                if not self.leaf_depth:  # a unit: its own submodules count as run
+                    self.visited.update(inner for inner, _ in module.named_modules(prefix=name))
                 self.leaf_depth += 1
         return hook
 

@@ -30,6 +30,7 @@ class Context:
         self.preferred: dict[fx.Node, int] = self.cache.get("preferred", {})  # view -> dim carrying attention heads
         self.unknown: list[tuple[str, str]] = []
         self.filter_zero: dict[str, np.ndarray] = {}
+        self.functional_norms: dict[str, np.ndarray] = {}  # module calling F.layer_norm -> channel slots
 
     # -- helpers for handlers and rules ------------------------------------------------------
     def choose(self, node: fx.Node, key: int, count: int, default: int) -> int:

@@ -18,6 +18,7 @@ from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, m
                                     replace_module, set_attr, use_graph_forward, zero_filters)
 from nncore.speedup.capture import flat_tensors
 from nncore.speedup.heads import update_head_attributes
+from nncore.speedup.norms import update_norm_shapes
 from nncore.speedup.persist import new_step, record_step, rewrite_record
 from nncore.speedup.rewrite import rewrite_graph
 from nncore.speedup.rules import ConvRule, LinearRule
@@ -155,7 +156,8 @@ class ModelSpeedup:
             shrunk = self._shrink(analysis, journal, step)
             retie_parameters(tied, journal)
             self._finish_masking(analysis, deferred, shrunk, journal)
-            step["attributes"] = update_head_attributes(analysis, journal)
+            step["attributes"] = {**update_head_attributes(analysis, journal),
+                                  **update_norm_shapes(analysis.ctx, analysis.decision, journal)}
             rewritten = self._rewrite(analysis, journal, step)
             if self.verify or capture.method == "dispatch":
                 with torch.no_grad():

@@ -19,6 +19,7 @@ KEEP_ZERO = {
     "contiguous", "clone", "detach", "float", "half", "double", "bfloat16", "to", "type", "type_as",
     "sign", "sqrt", "square", "erf", "sin", "identity", "requires_grad_", "cpu", "cuda",
     "hardshrink", "softshrink", "tanhshrink", "prelu", "data", "real",
+    "stochastic_depth",  # torchvision.ops: identity, or whole samples scaled/dropped in training
 }
 NO_ZERO = {
     "sigmoid", "sigmoid_", "hardsigmoid", "exp", "cos", "rsqrt", "reciprocal", "softplus", "log",
@@ -267,6 +268,8 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
         return unknown_info(value)
     if name == "scaled_dot_product_attention":
         return attention.scaled_dot_product(ctx, node, value)
+    if name == "shifted_window_attention":
+        return attention.window_attention(ctx, node, value)
     if name == "setitem":
         return _setitem(ctx, node, first, value)
     if not isinstance(first, TInfo):

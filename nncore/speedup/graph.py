@@ -17,8 +17,10 @@ class _Tracer(fx.Tracer):
         self.is_leaf = is_leaf
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        if isinstance(module, self.leaf_types) or self.is_leaf(module):
+        if self.is_leaf(module):
             return True
+        if isinstance(module, self.leaf_types):  # a subclass the rule does not describe: look into it
+            return False
         return super().is_leaf_module(module, qualified_name)
 
 

@@ -44,6 +44,7 @@ def functional_layer_norm(ctx: Context, node: fx.Node, x: TInfo, args: tuple, kw
     if isinstance(weight, fx.Node) and weight.op == "get_attr":
         owner = str(weight.target).rpartition(".")[0]
     out = norm_channels(ctx, node, x, owner, "layer_norm")
+    ctx.functional_norms[owner] = x.slots[-1]
     for param in (weight, bias):
         info = ctx.info(param)
         if isinstance(info, TInfo) and info.ndim == 1:
@@ -52,3 +53,17 @@ def functional_layer_norm(ctx: Context, node: fx.Node, x: TInfo, args: tuple, kw
             ctx.pin_all(info, f"{ctx.op_label(node)} (computed affine parameters)")
             ctx.classes.pin(x.slots[-1], f"{ctx.op_label(node)} (computed affine parameters)")
     return out
+
+
+def update_norm_shapes(ctx: Context, decision, journal) -> dict[str, dict[str, tuple]]:
+    """Modules that call ``F.layer_norm`` with their own ``normalized_shape`` (``LayerNorm2d``):
+    the attribute follows their shrunk weight. Returns ``{module: {"normalized_shape": new}}``."""
+    changed = {}
+    for owner, slots in ctx.functional_norms.items():
+        module = ctx.capture.get_submodule(owner) if owner else ctx.capture.model
+        kept = int((~decision.removed_mask(slots)).sum())
+        if tuple(getattr(module, "normalized_shape", ())) == (len(slots),) and kept != len(slots):
+            journal.touch(module)
+            module.normalized_shape = (kept,)
+            changed[owner] = {"normalized_shape": (kept,)}
+    return changed

@@ -119,6 +119,21 @@ def _rewrite_expand(node: fx.Node, ctx: Context, decision: Decision) -> bool:
     return True
 
 
+def _rewrite_layer_norm(node: fx.Node, ctx: Context, decision: Decision) -> bool:
+    source = ctx.info(node.args[0])
+    shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+    if not isinstance(source, TInfo) or not isinstance(shape, (tuple, list)) or len(shape) != 1:
+        return False
+    new = int(_kept(decision, source.slots[-1]).sum())
+    if new == shape[0]:
+        return False
+    if len(node.args) > 1:
+        node.args = (node.args[0], (new,)) + tuple(node.args[2:])
+    else:
+        node.kwargs = {**node.kwargs, "normalized_shape": (new,)}
+    return True
+
+
 def rewrite_graph(ctx: Context, decision: Decision, gm: fx.GraphModule) -> list[str]:
     """Patch literal sizes in ``gm``'s graph; returns the names of the nodes changed."""
     changed = []
@@ -135,6 +150,8 @@ def rewrite_graph(ctx: Context, decision: Decision, gm: fx.GraphModule) -> list[
             done = _rewrite_getitem(node, ctx, decision)
         elif name == "expand":
             done = _rewrite_expand(node, ctx, decision)
+        elif name == "layer_norm":
+            done = _rewrite_layer_norm(node, ctx, decision)
         if done:
             changed.append(node.name)
     if changed:

@@ -199,3 +199,45 @@ def test_a_literal_size_that_no_longer_holds_is_reported_and_rolled_back():
         ModelSpeedup(model, torch.randn(2, 4), masks).speedup_model()
     assert model.a.weight.shape == (8, 4)
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+class LayerNorm2d(torch.nn.LayerNorm):
+    """torchvision's channels-first LayerNorm: a subclass with its own forward (looked into)."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvStream(torch.nn.Module):
+    """Stem conv -> LayerNorm2d -> residual depthwise block -> LayerNorm2d -> pooled head."""
+
+    def __init__(self, untraceable: bool = False) -> None:
+        super().__init__()
+        self.untraceable = untraceable
+        self.stem, self.norm1 = torch.nn.Conv2d(3, 8, 2, 2), LayerNorm2d(8)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm2, self.head = LayerNorm2d(8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        if self.untraceable and x.sum() > 1e9:
+            return x
+        x = self.norm1(self.stem(x))
+        x = x + self.dw(x)
+        return self.head(self.norm2(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("untraceable", [False, True], ids=["fx", "recorded"])
+def test_channels_first_layer_norm_follows_the_stream(untraceable):
+    torch.manual_seed(0)
+    model = ConvStream(untraceable).eval()
+    keep = torch.ones(8)
+    keep[[1, 6]] = 0
+    masks = {name: {"weight": keep.clone(), "bias": keep.clone()} for name in ("norm1", "norm2")}
+    x = torch.randn(2, 3, 8, 8)
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert model.stem.out_channels == model.dw.out_channels == 6
+    assert model.norm1.normalized_shape == model.norm2.normalized_shape == (6,)
+    assert model.head.weight.shape == (3, 6)
+    assert model(torch.randn(3, 3, 8, 8)).shape == (3, 3)

@@ -30,7 +30,7 @@ from nncore.jobs.measure import add_latencies, model_figures, onnx_runner, torch
 from nncore.jobs.options import DEFAULT_ALGO, check_compress_arguments, job_settings, say
 from nncore.jobs.output import clear_previous_run, files_in
 from nncore.jobs.plots import comparison_plot, sparsity_plot
-from nncore.jobs.pruning import check_pruner, prune_and_finetune, pruner_class
+from nncore.jobs.pruning import check_construction, check_pruner, prune_and_finetune, pruner_class
 from nncore.jobs.quantize import check_quantizer, int8_figures, quantize_int8
 from nncore.jobs.report import columns_of, comparison_rows, latency_note, markdown_report, write_text
 from nncore.jobs.supplies import JobSupplies, declared, job_config_list
@@ -64,6 +64,7 @@ def prepare(args: argparse.Namespace, verbose: bool) -> Setup:
     check_forward(model, data, args.model)
     check_pruner(args.algo, model, config_list, config_file=args.config,
                  sparsity=None if args.config else args.sparsity)
+    check_construction(args.algo, model, config_list, lambda probe: job_supplies(probe, data, args, output, False))
     sensitivity_algo = None
     if args.sensitivity:  # one fresh pruner per layer and sparsity: a one-shot pruner
         one_shot = not set(declared(cls, "job_arguments").values()) - {"dummy_input", "dependency_aware"}
@@ -72,6 +73,12 @@ def prepare(args: argparse.Namespace, verbose: bool) -> Setup:
     parameters = sum(p.numel() for p in model.parameters())
     say(verbose, f"checked: {type(model).__name__} ({parameters:,} parameters) on {data.description}")
     return Setup(model, data, config_list, output, quantizer, sensitivity_algo)
+
+
+def job_supplies(model: nn.Module, data: JobData, args: argparse.Namespace, output: Path, verbose: bool) -> JobSupplies:
+    """What the job gives the pruner of ``model`` (fine-tuning at a quarter of ``--lr``)."""
+    return JobSupplies(model, data, lr=args.lr / 4, output=output, seed=args.seed, verbose=verbose,
+                       sparsity=args.sparsity, finetune_epochs=args.finetune_epochs)
 
 
 def speed_up(masked: nn.Module, masks: dict, data: JobData, notes: list[str], verbose: bool) -> tuple[nn.Module, bool]:
@@ -142,8 +149,7 @@ def compress_job(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     reseed(data.train_loader, args.seed)
-    supplies = JobSupplies(model, data, lr=args.lr / 4, output=output, seed=args.seed, verbose=verbose,
-                           sparsity=args.sparsity, finetune_epochs=args.finetune_epochs)
+    supplies = job_supplies(model, data, args, output, verbose)
     masks, sparsity = prune_and_finetune(args.algo, model, setup.config_list, supplies, args.finetune_epochs, verbose)
     save_torch(model.state_dict(), output / "model_pruned.pt")
     save_torch(masks, output / "masks.pt")

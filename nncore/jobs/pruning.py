@@ -2,7 +2,8 @@
 then fine-tuned (epoch by epoch, or round by round for iterative pruners)."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+import copy
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -56,6 +57,23 @@ def check_pruner(algo: str, model: nn.Module, config_list: Any, *, config_file: 
         raise CommandLineError(f"--algo {algo!r} cannot prune {type(model).__name__}{setting}: "
                                + "; ".join(exc.errors)) from exc
     return cls
+
+
+def check_construction(algo: str, model: nn.Module, config_list: Any, supplies_for: Callable[[nn.Module], JobSupplies]
+                       ) -> None:
+    """Build the pruner once on a copy of ``model`` with the job's supplies (``supplies_for(copy)``),
+    so that an argument its constructor refuses (a budget it cannot meet, ...) stops the job before
+    training; the copy is dropped.
+
+    :raises CommandLineError: one line with the constructor's problems.
+    """
+    cls = pruner_class(algo)
+    probe = copy.deepcopy(model)
+    try:
+        cls(probe, copy.deepcopy(config_list), **supplies_for(probe).arguments(cls))
+    except ConfigError as exc:
+        raise CommandLineError(f"--algo {algo!r}: {cls.__name__} refuses what the job gives it: "
+                               + "; ".join(exc.errors)) from exc
 
 
 def make_pruner(algo: str, model: nn.Module, config_list: Any, example_input: Any,

@@ -45,6 +45,9 @@ SCHEDULE: Mapping[str, str] = {
                       "the fine-tuning epochs, at least 1; the rest fine-tunes at the final sparsity",
     "pruning_rounds": f"rounds of an iterative or search pruner ({PRUNING_ROUNDS}); the fine-tuning epochs "
                       "are shared out over the rounds of a pruner with get_prune_iterations()",
+    "kept_fraction": "1 - --sparsity, for a pruner whose budget is the fraction of the model it keeps",
+    "search_steps": "episodes or trials of a search pruner: four per fine-tuning epoch, at least 4",
+    "search_warmup": "the first half of search_steps, e.g. random exploration before a search learns",
 }
 SUPPLIES: Mapping[str, str] = {
     "dummy_input": "a zero input of the data's shape, batch of one",
@@ -55,7 +58,9 @@ SUPPLIES: Mapping[str, str] = {
                "callback() runs between loss.backward() and optimizer.step()",
     "finetuner": "finetuner(model): one epoch of fine-tuning (Adam) on the training data",
     "evaluator": "evaluator(model) -> float: accuracy on the test data, higher is better",
+    "loader_evaluator": "evaluator(loader, model) -> float: accuracy in percent over loader (NNI's AMC contract)",
     "calibration_data": "the training data loader, batches of (inputs, labels)",
+    "test_data": "the test data loader, batches of (inputs, labels)",
     "output_dir": "the job's --output folder, for the algorithm's own files",
     "seed": "the job's --seed",
     "verbose": "False under --quiet, else True",
@@ -65,7 +70,9 @@ SUPPLIES: Mapping[str, str] = {
 
 def schedule(sparsity: float, finetune_epochs: int) -> dict[str, Any]:
     """The values of :data:`SCHEDULE` for a job."""
-    return {"sparsity": sparsity, "pruning_epochs": max(1, finetune_epochs // 2), "pruning_rounds": PRUNING_ROUNDS}
+    steps = max(4, 4 * finetune_epochs)
+    return {"sparsity": sparsity, "pruning_epochs": max(1, finetune_epochs // 2), "pruning_rounds": PRUNING_ROUNDS,
+            "kept_fraction": round(1 - sparsity, 6), "search_steps": steps, "search_warmup": steps // 2}
 
 
 def declared(cls: type, attribute: str) -> dict[str, str]:
@@ -165,6 +172,12 @@ class JobSupplies:
 
     def _make_calibration_data(self) -> Any:
         return self.data.train_loader
+
+    def _make_test_data(self) -> Any:
+        return self.data.test_loader
+
+    def _make_loader_evaluator(self) -> Callable[[Any, nn.Module], float]:
+        return lambda loader, model: 100.0 * accuracy(model, loader)
 
     def _make_output_dir(self) -> str:
         return str(self.output)

@@ -27,8 +27,10 @@ def test_every_builtin_declares_what_it_needs() -> None:
 
 
 def test_schedule_scales_with_the_fine_tuning_epochs() -> None:
-    assert schedule(0.5, 15) == {"sparsity": 0.5, "pruning_epochs": 7, "pruning_rounds": 3}
-    assert schedule(0.5, 0)["pruning_epochs"] == 1
+    assert schedule(0.25, 15) == {"sparsity": 0.25, "pruning_epochs": 7, "pruning_rounds": 3, "kept_fraction": 0.75,
+                                  "search_steps": 60, "search_warmup": 30}
+    assert schedule(0.5, 0) == {"sparsity": 0.5, "pruning_epochs": 1, "pruning_rounds": 3, "kept_fraction": 0.5,
+                                "search_steps": 4, "search_warmup": 2}
     agp = nncore.get_compressor("agp")
     assert job_config_list(agp, 0.7, 10) == [{"final_sparsity": 0.7, "end_epoch": 5, "op_types": ["default"]}]
     assert job_config_list(nncore.get_compressor("l1"), 0.3, 10) == [{"sparsity": 0.3, "op_types": ["default"]}]

@@ -24,6 +24,7 @@ LATENCY_ROUNDS = 200
 """Rounds of the batch-of-one latency (at least; more until :data:`LATENCY_SECONDS` have passed)."""
 LATENCY_SECONDS = 2.0
 BATCH_LATENCY_ROUNDS = 15
+"""Rounds of the batch latency (at least; more until :data:`LATENCY_SECONDS` have passed)."""
 WARMUP_CALLS = 5
 
 
@@ -126,7 +127,7 @@ def add_latencies(figures: Mapping[str, dict[str, Any]], runners: Mapping[str, C
     one = torch.zeros(data.input_shape)
     batch = torch.randn((LATENCY_BATCH, *data.input_shape[1:]), generator=torch.Generator().manual_seed(0))
     for key, inputs, rounds, seconds in (("latency", one, LATENCY_ROUNDS, LATENCY_SECONDS),
-                                         ("batch_latency", batch, BATCH_LATENCY_ROUNDS, 0.0)):
+                                         ("batch_latency", batch, BATCH_LATENCY_ROUNDS, LATENCY_SECONDS)):
         timed = interleaved_latency({name: make(inputs) for name, make in runners.items()}, rounds=rounds,
                                     seconds=seconds)
         for name, result in timed.items():

@@ -15,7 +15,7 @@ import torch.nn as nn
 import nncore
 from nncore.cli import main
 from nncore.compressor import Pruner
-from nncore.jobs import baseline, compress, measure
+from nncore.jobs import compress, measure
 from nncore.jobs.cost import compressed_cost, effective_flops_params
 from nncore.cli import CommandLineError
 from nncore.data import data_from_callable
@@ -42,15 +42,6 @@ def private_cache_and_quick_latency(tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "LATENCY_ROUNDS", 5)
     monkeypatch.setattr(measure, "LATENCY_SECONDS", 0.0)
     monkeypatch.setattr(measure, "BATCH_LATENCY_ROUNDS", 2)
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    """Fail the test if the job trains its baseline (an error must come before any training)."""
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("the job trained before reporting the error")
-
-    monkeypatch.setattr(baseline, "train_epochs", refuse)
 
 
 def needs_speedup_model() -> nn.Module:

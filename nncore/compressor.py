@@ -16,7 +16,7 @@ import pluggy
 import torch
 import torch.nn as nn
 
-from nncore.artifacts import MaskDict, atomic_write, save_torch
+from nncore.artifacts import MaskDict, atomic_write, input_spec, keep_metadata, mask_file_content, save_torch
 from nncore.config import LayerConfig, build_schema, resolve_config_list, schema_errors
 from nncore.config.schema import message_order, to_json_like
 from nncore.errors import ConfigError, NncoreError, PluginError
@@ -233,13 +233,30 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 class Pruner(Compressor):
-    """Base of pruning algorithms: masks computed by the ``calc_mask`` hook, kept in wrappers."""
+    """Base of pruning algorithms: masks computed by the ``calc_mask`` hook, kept in wrappers.
+
+    :param model: the model to prune.
+    :param config_list: list of dicts (see the docs).
+    :param optimizer: the training optimizer, NNI's optional third positional argument: every
+        pruner accepts it. Masked weights stay zero through the steps of any optimizer anyway;
+        pruners that read gradients or rewind training (TaylorFO, Lottery Ticket) use it.
+    :param plugins: extra hook implementations (see :mod:`nncore.hookspecs`).
+    :raises ConfigError: ``optimizer`` is neither ``None`` nor a ``torch.optim.Optimizer``.
+    """
 
     kind: ClassVar[str] = "pruner"
     job_config: ClassVar[Mapping[str, str]] = {"sparsity": "sparsity"}
     default_op_types: ClassVar[tuple[str, ...]] = (
         "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear",
     )
+
+    def __init__(self, model: nn.Module, config_list: Sequence[dict[str, Any]],
+                 optimizer: torch.optim.Optimizer | None = None, *, plugins: Iterable[Any] = ()):
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"{type(self).__name__}: optimizer must be a torch.optim.Optimizer or None, "
+                              f"got {type(optimizer).__name__}", header="invalid argument")
+        self.optimizer = optimizer
+        super().__init__(model, config_list, plugins=plugins)
 
     def compress(self) -> nn.Module:
         """Wrap the selected layers and compute their masks; the model prunes from now on."""
@@ -279,11 +296,13 @@ class Pruner(Compressor):
         }
 
     def clean_state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state_dict under the original model's keys, masked values zero."""
+        """The model's state_dict under the original model's keys, masked values zero (with the
+        modules' versions in ``_metadata``, so it loads into any model of the original class)."""
         self.apply_masks()
         state: dict[str, torch.Tensor] = {}
         wrapped = self.all_wrappers()
-        for key, value in self.bound_model.state_dict().items():
+        source = self.bound_model.state_dict()
+        for key, value in source.items():
             owner = next((n for n in wrapped if key.startswith(n + ".")), None)
             if owner is None:
                 state[key] = value
@@ -291,7 +310,31 @@ class Pruner(Compressor):
             rest = key[len(owner) + 1:]
             if rest.startswith("module."):
                 state[f"{owner}.{rest[len('module.'):]}"] = value
-        return state
+
+        def unwrapped(prefix: str) -> str | None:
+            if prefix in wrapped:
+                return None  # the wrapper's own version; its module's entry takes the name
+            owner = next((n for n in wrapped if prefix == f"{n}.module" or prefix.startswith(f"{n}.module.")), None)
+            return prefix if owner is None else owner + prefix[len(owner) + len(".module"):]
+
+        return keep_metadata(state, source, unwrapped)
+
+    def load_model_state_dict(self, model_state: Mapping[str, Any]) -> None:
+        """Load a state dict of the original model (e.g. one ``export_model`` wrote) into the
+        wrapped model; the masks stay in effect (NNI's method).
+
+        :raises RuntimeError: from ``load_state_dict`` when keys or shapes do not match; the
+            wrappers are back in place either way.
+        """
+        wrapped = self.all_wrappers()
+        for name, wrapper in wrapped.items():
+            set_submodule(self.bound_model, name, wrapper.module)
+        try:
+            self.bound_model.load_state_dict(model_state)
+        finally:
+            for name, wrapper in wrapped.items():
+                set_submodule(self.bound_model, name, wrapper)
+        self.apply_masks()
 
     def export_model(
         self,
@@ -307,7 +350,10 @@ class Pruner(Compressor):
         leaves no half-written file.
 
         :param model_path: state_dict with the original model's keys; masked values are zero.
-        :param mask_path: ``{module name: {'weight': mask, 'bias': mask or None}}``.
+        :param mask_path: ``{module name: {'weight': mask, 'bias': mask or None}}``, plus the
+            example input's shapes and dtypes (the pruner's ``dummy_input``, else ``input_shape``)
+            under :data:`nncore.artifacts.MASK_METADATA_KEY`, so that
+            ``apply_compression_results(model, mask_path)`` can shrink the model.
         :param onnx_path: ONNX export of the masked model (needs ``input_shape``).
         :param input_shape: shape of the dummy input for the ONNX export, e.g. ``[1, 1, 28, 28]``.
         :param device: device of the dummy input (default: the model's).
@@ -316,19 +362,31 @@ class Pruner(Compressor):
             raise NncoreError(f"{type(self).__name__}.export_model: call compress() first")
         if onnx_path is not None and input_shape is None:
             raise ConfigError("export_model: onnx_path needs input_shape, e.g. [1, 3, 32, 32]", header="invalid argument")
+        if input_shape is not None:
+            check_input_shape(input_shape)
         onnx_bytes = onnx_export_bytes(self.bound_model, input_shape, device) if onnx_path else None
         save_torch(self.clean_state_dict(), model_path)
         if mask_path is not None:
-            save_torch(self.masks(), mask_path)
+            spec = input_spec(getattr(self, "dummy_input", None))
+            if spec is None and input_shape is not None:
+                spec = {"shape": list(input_shape), "dtype": "float32"}
+            save_torch(mask_file_content(self.masks(), {"dummy_input": spec} if spec else None), mask_path)
         if onnx_path is not None:
             atomic_write(onnx_path, lambda handle: handle.write(onnx_bytes))
+
+
+def check_input_shape(input_shape: Any) -> None:
+    """Raise :class:`ConfigError` unless ``input_shape`` is a list or tuple of positive ints."""
+    if not isinstance(input_shape, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+        shown = list(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape
+        raise ConfigError(f"input_shape must be a list of positive ints, got {shown!r}", header="invalid argument")
 
 
 def onnx_export_bytes(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> bytes:
     """The ONNX serialization of ``model`` (in eval mode) for a random input of ``input_shape``;
     the batch axis is dynamic (any batch size runs)."""
-    if not all(isinstance(d, int) and d > 0 for d in input_shape):
-        raise ConfigError(f"input_shape must be a list of positive ints, got {list(input_shape)!r}", header="invalid argument")
+    check_input_shape(input_shape)
     if device is None:
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else "cpu"

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from nncore.builtin_pruners.filter_base import FilterPruner, check_batch_num
+from nncore.builtin_pruners.filter_base import FilterPruner, check_batch_num, output_channel_dim
 from nncore.errors import ConfigError
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
@@ -28,8 +28,10 @@ class ActivationRankFilterPruner(FilterPruner):
 
     :param model: the model to prune.
     :param config_list: e.g. ``[{"sparsity": 0.5, "op_types": ["Conv2d"]}]``.
-    :param statistics_batch_num: how many forward batches to observe (>= 1).
+    :param optimizer: the training optimizer (NNI's third positional argument; see
+        :class:`~nncore.compressor.Pruner`).
     :param activation: ``'relu'`` or ``'relu6'``, applied to each conv's output when collecting.
+    :param statistics_batch_num: how many forward batches to observe (>= 1).
     :param dependency_aware: see :class:`~nncore.builtin_pruners.filter_base.FilterPruner`.
     :param dummy_input: see :class:`~nncore.builtin_pruners.filter_base.FilterPruner`.
     :param plugins: extra hook implementations (see :mod:`nncore.hookspecs`).
@@ -39,8 +41,9 @@ class ActivationRankFilterPruner(FilterPruner):
         self,
         model: nn.Module,
         config_list: Sequence[dict[str, Any]],
-        statistics_batch_num: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
         activation: str = "relu",
+        statistics_batch_num: int = 1,
         dependency_aware: bool = False,
         dummy_input: Any = None,
         *,
@@ -58,7 +61,7 @@ class ActivationRankFilterPruner(FilterPruner):
         self.channel_sums: dict[str, torch.Tensor] = {}
         self.element_counts: dict[str, int] = {}
         self.statistics_ready = False
-        super().__init__(model, config_list, dependency_aware, dummy_input, plugins=plugins)
+        super().__init__(model, config_list, optimizer, dependency_aware, dummy_input, plugins=plugins)
         self._collection_handles: list[Any] = []
         self._finish_handles: list[Any] = []
 
@@ -86,13 +89,14 @@ class ActivationRankFilterPruner(FilterPruner):
 
     def _collector(self, name: str) -> Callable[..., None]:
         activate = ACTIVATIONS[self.activation]
+        channel_dim = output_channel_dim(self.wrappers[name].module)
 
         def collect(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
             if self.tracing:
                 return
             with torch.no_grad():
                 activated = activate(output.detach()).float()
-                channels = activated.transpose(0, 1).flatten(1)
+                channels = activated.movedim(channel_dim, 0).flatten(1)
                 total = self.channel_statistic(channels)
                 self.channel_sums[name] = self.channel_sums.get(name, 0) + total.cpu()
                 self.element_counts[name] = self.element_counts.get(name, 0) + channels.shape[1]

@@ -74,8 +74,8 @@ class AGPPruner(Pruner):
         config_list: Sequence[dict[str, Any]],
         optimizer: torch.optim.Optimizer | None = None,
         pruning_algorithm: str = "level",
-        algorithm_options: dict[str, Any] | None = None,
         *,
+        algorithm_options: dict[str, Any] | None = None,
         plugins: Iterable[Any] = (),
     ):
         algorithm_class = get_compressor(pruning_algorithm)
@@ -85,12 +85,13 @@ class AGPPruner(Pruner):
                 "not a one-shot pruner AGP can schedule",
                 header="invalid argument",
             )
-        super().__init__(model, config_list, plugins=plugins)
+        super().__init__(model, config_list, optimizer, plugins=plugins)
         options = dict(algorithm_options or {})
         if optimizer is not None and "optimizer" in inspect.signature(algorithm_class).parameters:
             options["optimizer"] = optimizer
         self.epoch = 0
         self.algorithm: Pruner = algorithm_class(model, self._algorithm_config_list(), **options)
+        self.dummy_input = getattr(self.algorithm, "dummy_input", None)  # recorded in the mask file by export_model
 
     def _algorithm_config_list(self) -> list[dict[str, Any]]:
         selection_keys = ("op_types", "op_names", "exclude")

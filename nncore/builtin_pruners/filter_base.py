@@ -1,5 +1,10 @@
 """The base of every filter (output-channel) pruner: channel masks from an importance vector.
 
+Filters are the output channels of ``Conv1d`` / ``Conv2d`` and the output neurons of ``Linear``
+(rows of its weight) and of Hugging Face's ``Conv1D`` (columns of its weight, stored as
+``(in_features, out_features)``; recognised by class name, transformers is not needed), each
+with its bias entry, as NNI 2.x's norm pruners prune them.
+
 A subclass says how important each filter of a layer is (:meth:`FilterPruner.filter_importance`,
 higher keeps); the base turns that into channel masks and makes them *complete*: a pruned
 filter's weight and bias are masked and so is the matching channel of the BatchNorm that
@@ -20,9 +25,18 @@ from nncore.config import FRACTION
 from nncore.errors import ConfigError, NncoreError
 from nncore.hookspecs import hookimpl
 from nncore.utils.batchnorm import find_following_batchnorms
+from nncore.utils.layers import filter_view
 from nncore.wrapper import ModuleWrapper
 
 CONV_OP_TYPES: tuple[str, ...] = ("Conv1d", "Conv2d")
+FILTER_OP_TYPES: tuple[str, ...] = CONV_OP_TYPES + ("Linear", "Conv1D")
+"""What the filter pruners accept; ``'default'`` selects the convolutions only, as in NNI."""
+
+
+def output_channel_dim(module: nn.Module) -> int:
+    """The dimension of ``module``'s output that holds its filters: 1 for convolutions, -1 for
+    linear layers (``Linear``, HF ``Conv1D``), whose features are the last dimension."""
+    return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
 
 
 def check_batch_num(statistics_batch_num: Any) -> None:
@@ -37,14 +51,14 @@ def channel_mask_from_importance(importance: torch.Tensor, sparsity: float, grou
     """A 0/1 vector that prunes the least important channels.
 
     The channels are split into ``groups`` equal, consecutive groups and each group loses
-    ``round(sparsity * group_size)`` channels (at least one channel per group is kept), so
-    every group keeps the same number of channels. Ties go to the lower index (stable sort).
+    ``int(sparsity * group_size)`` channels, rounded down as NNI does (at least one channel per
+    group is kept), so every group keeps the same number of channels. Ties go to the lower index (stable sort).
     """
     count = importance.numel()
     if groups < 1 or count % groups:
         groups = 1
     group_size = count // groups
-    pruned_per_group = min(round(sparsity * group_size), group_size - 1)
+    pruned_per_group = min(int(sparsity * group_size), group_size - 1)
     mask = torch.ones(count, dtype=importance.dtype, device=importance.device)
     if pruned_per_group <= 0:
         return mask
@@ -56,9 +70,9 @@ def channel_mask_from_importance(importance: torch.Tensor, sparsity: float, grou
 
 def filter_masks(module: nn.Module, channel_mask: torch.Tensor) -> dict[str, torch.Tensor | None]:
     """Weight and bias masks of ``module`` that keep exactly the output channels in ``channel_mask``."""
-    weight = module.weight
+    weight = filter_view(module, module.weight)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    weight_mask = channel_mask.to(weight.dtype).view(shape).expand_as(weight).clone()
+    weight_mask = filter_view(module, channel_mask.to(weight.dtype).view(shape).expand_as(weight)).contiguous().clone()
     bias = getattr(module, "bias", None)
     bias_mask = channel_mask.to(bias.dtype).clone() if isinstance(bias, torch.Tensor) else None
     return {"weight_mask": weight_mask, "bias_mask": bias_mask}
@@ -66,23 +80,27 @@ def filter_masks(module: nn.Module, channel_mask: torch.Tensor) -> dict[str, tor
 
 def kept_channels(wrapper: ModuleWrapper) -> torch.Tensor:
     """The output channels of a wrapped layer that its weight mask keeps (any weight kept)."""
-    return (wrapper.weight_mask.flatten(1) != 0).any(dim=1).to(wrapper.weight_mask.dtype)
+    return (filter_view(wrapper.module, wrapper.weight_mask).flatten(1) != 0).any(dim=1).to(wrapper.weight_mask.dtype)
 
 
 class FilterPruner(Pruner):
-    """Base of the filter pruners (Conv1d / Conv2d): prunes whole output channels per layer.
+    """Base of the filter pruners: prunes whole output channels of ``Conv1d`` / ``Conv2d`` and
+    whole output neurons of ``Linear`` / HF ``Conv1D`` layers (``'default'``: the convolutions).
 
     ``config_list`` keys: ``sparsity`` (fraction of each layer's filters to prune; each layer
-    loses ``round(sparsity * filters)`` filters and keeps at least one).
+    loses ``int(sparsity * filters)`` filters, rounded down as NNI does, and keeps at least one).
 
     :param model: the model to prune.
     :param config_list: e.g. ``[{"sparsity": 0.5, "op_types": ["Conv2d"]}]``.
-    :param dependency_aware: give convolutions whose channels are coupled (their outputs meet
-        in an add, or a grouped/depthwise convolution ties them; found by
-        :class:`nncore.utils.dependency.ChannelDependency`) one shared channel mask, chosen by
-        their summed importance at the smallest sparsity configured in the set, so speedup can
-        really remove those channels; a conv feeding a grouped conv loses the same number of
-        channels in every group (:class:`nncore.utils.dependency.GroupDependency`).
+    :param optimizer: the training optimizer (NNI's third positional argument; see
+        :class:`~nncore.compressor.Pruner`).
+    :param dependency_aware: give layers whose channels are coupled (their outputs meet in an
+        add, or a depthwise convolution or element-wise product ties them; the sets of
+        ``ChannelDependency(..., depthwise=True)``) one shared channel mask, chosen by their
+        summed importance at the smallest sparsity configured in the set, so speedup can really
+        remove those channels; a conv feeding a grouped conv loses the same number of channels
+        in every group. (NNI couples only adds and makes depthwise convolutions a group
+        constraint, which forbids pruning the conv before them.)
     :param dummy_input: an input of the model (tensor, tuple of positional inputs or dict of
         keyword inputs); required with ``dependency_aware=True``, and used to find the
         BatchNorm after each convolution (without it the model is traced with ``torch.fx``, or,
@@ -96,13 +114,14 @@ class FilterPruner(Pruner):
         "required": ["sparsity"],
     }
     default_op_types: ClassVar[tuple[str, ...]] = CONV_OP_TYPES
-    supported_op_types: ClassVar[tuple[str, ...] | None] = CONV_OP_TYPES
+    supported_op_types: ClassVar[tuple[str, ...] | None] = FILTER_OP_TYPES
     job_arguments: ClassVar[Mapping[str, str]] = {"dependency_aware": "dependency_aware", "dummy_input": "dummy_input"}
 
     def __init__(
         self,
         model: nn.Module,
         config_list: Sequence[dict[str, Any]],
+        optimizer: torch.optim.Optimizer | None = None,
         dependency_aware: bool = False,
         dummy_input: Any = None,
         *,
@@ -116,7 +135,7 @@ class FilterPruner(Pruner):
             )
         self.dependency_aware = bool(dependency_aware)
         self.dummy_input = dummy_input
-        super().__init__(model, config_list, plugins=plugins)
+        super().__init__(model, config_list, optimizer, plugins=plugins)
         self.channel_groups: dict[str, tuple[str, ...]] = {}
         self.group_counts: dict[str, int] = {}
         if self.dependency_aware:
@@ -159,7 +178,7 @@ class FilterPruner(Pruner):
         members = self.channel_groups.get(wrapper.name, (wrapper.name,)) if self.dependency_aware else (wrapper.name,)
         members = tuple(name for name in members if name in self.wrappers) or (wrapper.name,)
         importances = [self.filter_importance(self.wrappers[name]) for name in members]
-        out_channels = wrapper.module.weight.shape[0]
+        out_channels = filter_view(wrapper.module, wrapper.module.weight).shape[0]
         if any(importance is None for importance in importances):
             return torch.ones(out_channels, dtype=wrapper.module.weight.dtype, device=wrapper.module.weight.device)
         if len(members) > 1:
@@ -239,12 +258,13 @@ class FilterPruner(Pruner):
     # -- dependency-aware mode ------------------------------------------------------------------
 
     def _analyse_dependencies(self) -> None:
-        from nncore.utils.dependency import ChannelDependency, GroupDependency
+        from nncore.speedup.analysis import Analysis, coupled_sets
+        from nncore.utils.dependency import grouped_counts
 
         configured = {config.name for config in self.layer_configs}
-        channels = ChannelDependency(self.bound_model, self.dummy_input)
-        for dependency_set in channels.dependency_sets:
+        analysis = Analysis(self.bound_model, self.dummy_input)
+        for dependency_set in coupled_sets(analysis):
             members = tuple(sorted(name for name in dependency_set if name in configured))
             for name in members:
                 self.channel_groups[name] = members
-        self.group_counts = dict(GroupDependency(self.bound_model, self.dummy_input, analysis=channels.analysis).dependency)
+        self.group_counts = grouped_counts(analysis)

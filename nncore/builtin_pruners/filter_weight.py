@@ -6,6 +6,7 @@ from typing import ClassVar
 import torch
 
 from nncore.builtin_pruners.filter_base import FilterPruner
+from nncore.utils.layers import filter_view
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
 
@@ -39,7 +40,7 @@ class L1FilterPruner(FilterPruner):
     name: ClassVar[str] = "l1"
 
     def filter_importance(self, wrapper: ModuleWrapper) -> torch.Tensor:
-        return filter_l1_norms(wrapper.module.weight)
+        return filter_l1_norms(filter_view(wrapper.module, wrapper.module.weight))
 
 
 class L2FilterPruner(FilterPruner):
@@ -52,7 +53,7 @@ class L2FilterPruner(FilterPruner):
     name: ClassVar[str] = "l2"
 
     def filter_importance(self, wrapper: ModuleWrapper) -> torch.Tensor:
-        return filter_l2_norms(wrapper.module.weight)
+        return filter_l2_norms(filter_view(wrapper.module, wrapper.module.weight))
 
 
 class FPGMPruner(FilterPruner):
@@ -68,7 +69,7 @@ class FPGMPruner(FilterPruner):
     name: ClassVar[str] = "fpgm"
 
     def filter_importance(self, wrapper: ModuleWrapper) -> torch.Tensor:
-        return geometric_median_distances(wrapper.module.weight)
+        return geometric_median_distances(filter_view(wrapper.module, wrapper.module.weight))
 
 
 @hookimpl

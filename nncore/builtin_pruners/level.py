@@ -12,9 +12,9 @@ from nncore.wrapper import ModuleWrapper
 
 
 def smallest_magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """A mask that zeroes exactly ``round(sparsity * weight.numel())`` smallest ``|w|``."""
+    """A mask that zeroes exactly ``int(sparsity * weight.numel())`` smallest ``|w|`` (rounded down, as NNI)."""
     mask = torch.ones_like(weight)
-    count = round(sparsity * weight.numel())
+    count = int(sparsity * weight.numel())
     if count > 0:
         pruned = torch.topk(weight.detach().abs().flatten(), count, largest=False).indices
         mask.view(-1)[pruned] = 0

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from nncore.artifacts import copy_state_dict, keep_metadata
 from nncore.compressor import Pruner
 from nncore.config import FRACTION
 from nncore.config.schema import same_value_errors
@@ -23,8 +24,8 @@ def lottery_sparsity(final_sparsity: float, prune_iterations: int, round_index: 
 
 
 def nested_magnitude_mask(weight: torch.Tensor, current_mask: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune ``round(sparsity * numel)`` weights: the already pruned ones first, then the smallest ``|w|``."""
-    count = round(sparsity * weight.numel())
+    """Prune ``int(sparsity * numel)`` weights: the already pruned ones first, then the smallest ``|w|``."""
+    count = int(sparsity * weight.numel())
     mask = torch.ones_like(weight)
     if count > 0:
         score = torch.where(current_mask.bool(), weight.detach().abs(), torch.full_like(weight, -1.0))
@@ -89,10 +90,9 @@ class LotteryTicketPruner(Pruner):
                 f"lr_scheduler: must have state_dict()/load_state_dict(), got {type(lr_scheduler).__name__}",
                 header="invalid argument",
             )
-        self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.reset_weights = reset_weights
-        super().__init__(model, config_list, plugins=plugins)
+        super().__init__(model, config_list, optimizer, plugins=plugins)
         self.prune_iterations: int = self.layer_configs[0]["prune_iterations"] if self.layer_configs else 1
         self.curr_prune_iteration: int | None = None
         self._initial_state: dict[str, Any] = {}
@@ -111,8 +111,9 @@ class LotteryTicketPruner(Pruner):
     def compress(self) -> nn.Module:
         """Wrap the layers (no weight pruned yet) and snapshot weights, optimizer and scheduler."""
         model = super().compress()
+        state = copy_state_dict(model)
         self._initial_state = {
-            "model": {k: v.detach().clone() for k, v in model.state_dict().items() if not _is_mask(k)},
+            "model": keep_metadata({k: v for k, v in state.items() if not _is_mask(k)}, state),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()) if self.optimizer is not None else None,
             "lr_scheduler": copy.deepcopy(self.lr_scheduler.state_dict()) if self.lr_scheduler is not None else None,
         }

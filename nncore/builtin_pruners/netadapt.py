@@ -79,7 +79,7 @@ class NetAdaptPruner(SearchPruner):
         spaces = self.spaces
         target = target_weights(self.sparsity, spaces)
         counts = {s.name: 0 for s in spaces}
-        step = max(1, round(self.sparsity_per_iteration * total_weights(spaces)))
+        step = max(1, int(self.sparsity_per_iteration * total_weights(spaces)))
         bar = progress(target, "NetAdapt (weights pruned)", self.verbose)
         iteration = 0
         while pruned_weights(spaces, counts) < target:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from nncore.artifacts import atomic_write
+from nncore.artifacts import atomic_write, copy_state_dict
 from nncore.compressor import Pruner
 from nncore.config.schema import same_value_errors
 from nncore.errors import ConfigError, NncoreError, UnknownCompressorError
@@ -233,7 +233,7 @@ class MaskedCopy:
 
     def state(self) -> dict[str, torch.Tensor]:
         """A copy of the weights and masks, for :meth:`restore`."""
-        return {key: value.detach().clone() for key, value in self.model.state_dict().items()}
+        return copy_state_dict(self.model)
 
     def restore(self, state: Mapping[str, torch.Tensor]) -> None:
         """Put back weights and masks saved by :meth:`state`."""

@@ -56,7 +56,7 @@ def add_slim_subgradient(model: nn.Module, penalty: float = 1e-4) -> None:
 
 
 def global_channel_masks(scales: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    """0/1 channel masks pruning the ``round(sparsity * total)`` smallest ``|gamma|`` of all layers.
+    """0/1 channel masks pruning the ``int(sparsity * total)`` smallest ``|gamma|`` of all layers.
 
     Ties go to the earlier layer and lower channel. A layer never loses its last channel:
     when the global ranking would empty a layer, its largest channel is kept.
@@ -64,7 +64,7 @@ def global_channel_masks(scales: dict[str, torch.Tensor], sparsity: float) -> di
     names = list(scales)
     flat = torch.cat([scales[name].detach().abs().flatten().float().cpu() for name in names])
     masks = {name: torch.ones_like(scales[name], dtype=torch.float32).cpu() for name in names}
-    count = round(sparsity * flat.numel())
+    count = int(sparsity * flat.numel())
     if count > 0:
         pruned = torch.argsort(flat, stable=True)[:count]
         flat_mask = torch.ones_like(flat)

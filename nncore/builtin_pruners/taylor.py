@@ -1,6 +1,7 @@
 """TaylorFOWeightFilterPruner: first-order Taylor importance of filters (Molchanov et al., 2019).
 
-A filter's importance is ``(sum over the filter of w * dL/dw) ** 2``, summed over the first
+A filter's importance is ``sum over the filter of (w * dL/dw) ** 2`` (the seed's formula and
+NNI's code), summed over the first
 ``statistics_batch_num`` optimizer steps after ``compress()``: the gradients are read just
 before each ``optimizer.step()``. The masks stay all-ones until then and are computed right
 after the last of those steps.
@@ -13,14 +14,15 @@ import torch
 import torch.nn as nn
 
 from nncore.builtin_pruners.filter_base import FilterPruner, check_batch_num
+from nncore.utils.layers import filter_view
 from nncore.errors import ConfigError
 from nncore.hookspecs import hookimpl
 from nncore.wrapper import ModuleWrapper
 
 
 def taylor_contribution(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Per-filter ``(sum of w * dL/dw) ** 2`` of one conv weight and its gradient."""
-    return (weight.detach() * grad.detach()).flatten(1).sum(dim=1).pow(2)
+    """Per-filter ``sum of (w * dL/dw) ** 2`` of one weight and its gradient (filters on dim 0)."""
+    return (weight.detach() * grad.detach()).pow(2).flatten(1).sum(dim=1)
 
 
 class TaylorFOWeightFilterPruner(FilterPruner):
@@ -59,18 +61,17 @@ class TaylorFOWeightFilterPruner(FilterPruner):
                 header="invalid argument",
             )
         check_batch_num(statistics_batch_num)
-        self.optimizer = optimizer
         self.statistics_batch_num = statistics_batch_num
         self.steps_seen = 0
         self.contributions: dict[str, torch.Tensor] = {}
         self.statistics_ready = False
-        super().__init__(model, config_list, dependency_aware, dummy_input, plugins=plugins)
+        super().__init__(model, config_list, optimizer, dependency_aware, dummy_input, plugins=plugins)
         self._step_handles: list[Any] = []
 
     def filter_importance(self, wrapper: ModuleWrapper) -> torch.Tensor | None:
         if not self.statistics_ready:
             return None
-        return self.contributions.get(wrapper.name, torch.zeros(wrapper.module.weight.shape[0]))
+        return self.contributions.get(wrapper.name, torch.zeros(filter_view(wrapper.module, wrapper.module.weight).shape[0]))
 
     def after_wrap(self) -> None:
         super().after_wrap()
@@ -84,7 +85,8 @@ class TaylorFOWeightFilterPruner(FilterPruner):
         for name, wrapper in self.wrappers.items():
             weight = wrapper.module.weight
             if weight.grad is not None:
-                contribution = taylor_contribution(weight, weight.grad).cpu()
+                module = wrapper.module
+                contribution = taylor_contribution(filter_view(module, weight), filter_view(module, weight.grad)).cpu()
                 self.contributions[name] = self.contributions.get(name, 0) + contribution
         self.steps_seen += 1
 

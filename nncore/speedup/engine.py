@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nncore.artifacts import MaskDict
+from nncore.artifacts import MaskDict, example_input, read_mask_file
 from nncore.errors import SpeedupError
 from nncore.speedup.analysis import Analysis, split_inputs
 from nncore.speedup.masks import apply_masks, read_masks
@@ -65,7 +65,9 @@ class ModelSpeedup:
 
     :param model: the model the masks were computed for (it is only changed on success)
     :param dummy_input: a tensor, a tuple of positional inputs, or a dict of keyword inputs
-    :param masks_file_or_dict: a mask file written by ``export_model`` or the mask dict itself
+    :param masks_file: a mask file written by ``export_model`` or the mask dict itself
+    :param map_location: where to load the mask file's tensors (NNI's fourth argument; masks are
+        moved to each parameter's device anyway)
     :param strict: raise :class:`~nncore.errors.SpeedupError` when an op the engine does not
         understand blocks channels the masks pruned, instead of keeping them
     :param verify: also run the masked model and the shrunk one on ``dummy_input`` and raise
@@ -80,13 +82,13 @@ class ModelSpeedup:
     ``state_dict``). :attr:`summary` lists what was shrunk and why pruned channels were kept.
     """
 
-    def __init__(self, model: nn.Module, dummy_input: Any, masks_file_or_dict: str | os.PathLike | MaskDict,
-                 strict: bool = False, verify: bool = False) -> None:
+    def __init__(self, model: nn.Module, dummy_input: Any, masks_file: str | os.PathLike | MaskDict,
+                 map_location: Any = None, *, strict: bool = False, verify: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise SpeedupError(f"ModelSpeedup: model must be an nn.Module, got {type(model).__name__}")
         self.model = model
         self.dummy_input = dummy_input
-        self.masks = read_masks(model, masks_file_or_dict)
+        self.masks = read_masks(model, masks_file, map_location)
         self.strict = strict
         self.verify = verify
         self.summary: SpeedupSummary | None = None
@@ -276,21 +278,49 @@ class ModelSpeedup:
         return rewritten
 
 
-def apply_compression_results(model: nn.Module, mask_path: str | os.PathLike | MaskDict,
-                              dummy_input: Any = None) -> nn.Module:
-    """Apply a mask file to ``model`` (NNI's API); with ``dummy_input`` also speed it up.
+def apply_compression_results(model: nn.Module, masks_file: str | os.PathLike | MaskDict, map_location: Any = None,
+                              *, dummy_input: Any = None) -> nn.Module:
+    """Apply a mask file to ``model`` (NNI's API and positional order) and really shrink it.
 
-    Without ``dummy_input`` the masks are multiplied into the weights (the model keeps its
-    shape, as in NNI). With it, this is ``ModelSpeedup(model, dummy_input, mask_path).speedup_model()``.
+    The masks are checked against ``model``. When an example input is known, the model is then
+    sped up: ``ModelSpeedup`` removes the pruned channels, so the model becomes smaller and faster
+    and computes what the masked model computes. The input is ``dummy_input`` if given, else the
+    one ``export_model`` recorded in the mask file (the pruner's ``dummy_input`` or ``input_shape``;
+    see :mod:`nncore.artifacts`), built with the recorded shapes and dtypes on the model's device.
+    When none is known, the masks are only multiplied into the weights, as NNI does, with a
+    warning that ``dummy_input=`` (keyword) is needed to shrink.
+
+    :param model: the model the masks were computed for; changed in place and returned.
+    :param masks_file: a mask file written by ``export_model(mask_path=...)``, or a mask dict.
+    :param map_location: where to load the masks (``torch.load``'s ``map_location``; default CPU).
+    :param dummy_input: an input of the model (tensor, tuple, or dict of keyword inputs).
+    :raises ArtifactError: not a mask file, or masks that do not fit ``model``.
+    :raises SpeedupError: the speedup failed with an explicit ``dummy_input`` (the model is left
+        untouched); with a recorded input the masks are applied instead, with a warning.
     """
-    if dummy_input is not None:
-        return ModelSpeedup(model, dummy_input, mask_path).speedup_model()
-    warnings.warn(
-        "apply_compression_results: no dummy_input, so the masks were only multiplied into the weights; "
-        "pass dummy_input=<an example input> to remove the pruned channels (smaller, faster model)",
-        UserWarning,
-        stacklevel=2,
-    )
-    masks = read_masks(model, mask_path)
+    masks, metadata = read_mask_file(masks_file, map_location)
+    read_masks(model, masks)
+    example, recorded = dummy_input, False
+    if example is None and "dummy_input" in metadata:
+        parameter = next(model.parameters(), None)
+        example = example_input(metadata["dummy_input"], parameter.device if parameter is not None else "cpu")
+        recorded = True
+    if example is not None:
+        try:
+            return ModelSpeedup(model, example, masks).speedup_model()
+        except SpeedupError as exc:
+            if not recorded:
+                raise
+            warnings.warn(f"apply_compression_results: the model could not be sped up with the input recorded in "
+                          f"the mask file ({exc}); the masks were only multiplied into the weights",
+                          UserWarning, stacklevel=2)
+    else:
+        warnings.warn(
+            "apply_compression_results: the mask file records no input and no dummy_input was given, so the masks "
+            "were only multiplied into the weights; pass dummy_input=<an example input> (keyword) to remove the "
+            "pruned channels (smaller, faster model)",
+            UserWarning,
+            stacklevel=2,
+        )
     apply_masks(model, masks)
     return model

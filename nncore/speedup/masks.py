@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import nn
 
-from nncore.artifacts import MaskDict, load_masks
+from nncore.artifacts import MaskDict, read_mask_file
 from nncore.errors import ArtifactError
 from nncore.wrapper import ModuleWrapper
 
 
-def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDict) -> MaskDict:
+def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDict, map_location: Any = None) -> MaskDict:
     """Load masks (``torch.load(weights_only=True)`` for files) and check every entry fits ``model``.
 
     :raises ArtifactError: not a mask file, or an entry names no module or has the wrong shape.
     """
     source = "masks" if isinstance(masks_file_or_dict, dict) else f"mask file {str(masks_file_or_dict)!r}"
-    masks = load_masks(masks_file_or_dict)
+    masks = read_mask_file(masks_file_or_dict, map_location)[0]
     modules = dict(model.named_modules())
     for name, entry in masks.items():
         module = modules.get(name)

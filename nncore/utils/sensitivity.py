@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch.nn as nn
 
-from nncore.artifacts import atomic_write
+from nncore.artifacts import atomic_write, copy_state_dict
 from nncore.errors import ConfigError, NncoreError
 
 EARLY_STOP_MODES = ("minimize", "maximize", "dropped", "raised")
@@ -112,7 +112,7 @@ class SensitivityAnalysis:
         self.pruner_kwargs = dict(pruner_kwargs or {})
         self.ori_metric: float | None = None
         self.sensitivities: dict[str, dict[float, float]] = {}
-        self.ori_state_dict = _copy_state(model)
+        self.ori_state_dict = copy_state_dict(model)
         layers = self.pruner_class.check_config(model, [{"sparsity": 0.0, "op_types": ["default"]}])
         self.target_layer: dict[str, nn.Module] = {c.name: model.get_submodule(c.name) for c in layers}
         self.already_pruned: dict[str, float] = {name: 0.0 for name in self.target_layer}
@@ -209,11 +209,7 @@ class SensitivityAnalysis:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Replace the weights the analysis starts from (and restores to)."""
         self.model.load_state_dict(state_dict)
-        self.ori_state_dict = _copy_state(self.model)
-
-
-def _copy_state(model: nn.Module) -> dict[str, Any]:
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+        self.ori_state_dict = copy_state_dict(self.model)
 
 
 def pyplot() -> Any:

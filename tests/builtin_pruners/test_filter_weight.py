@@ -105,11 +105,12 @@ def test_update_masks_with_explicit_sparsities_changes_only_those_layers():
 
 
 @pytest.mark.parametrize("pruner_class", [L1FilterPruner, L2FilterPruner, FPGMPruner])
-def test_linear_layers_are_refused_and_the_model_is_untouched(pruner_class):
+def test_batchnorm_layers_are_refused_and_the_model_is_untouched(pruner_class):
     model = make_tiny_cnn()
     before = snapshot(model)
-    with pytest.raises(ConfigError, match=r"cannot compress 'fc' \(Linear\): .* supports only Conv1d, Conv2d"):
-        pruner_class(model, [{"sparsity": 0.5, "op_types": ["Conv2d", "Linear"]}])
+    with pytest.raises(ConfigError, match=r"cannot compress 'bn1' \(BatchNorm2d\): .* supports only Conv1d, Conv2d, "
+                                          r"Linear, Conv1D"):
+        pruner_class(model, [{"sparsity": 0.5, "op_types": ["Conv2d", "BatchNorm2d"]}])
     assert_untouched(model, before)
 
 

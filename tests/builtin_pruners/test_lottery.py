@@ -50,7 +50,7 @@ def test_rounds_rewind_survivors_and_follow_the_schedule():
         for name in LAYERS:
             wrapper = pruner.wrappers[name]
             mask = wrapper.weight_mask
-            assert int((mask == 0).sum()) == round(expected_sparsity * mask.numel())
+            assert int((mask == 0).sum()) == int(expected_sparsity * mask.numel())
             # survivors are rewound to their initial value, the pruned ones are zero
             assert torch.equal(wrapper.module.weight, initial[name] * mask)
             # masks are nested: what was pruned stays pruned
@@ -62,7 +62,7 @@ def test_rounds_rewind_survivors_and_follow_the_schedule():
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
     total = sum(pruner.wrappers[n].weight_mask.numel() for n in LAYERS)
     pruned = sum(int((pruner.wrappers[n].weight_mask == 0).sum()) for n in LAYERS)
-    assert pruned == sum(round(FINAL * pruner.wrappers[n].weight_mask.numel()) for n in LAYERS)
+    assert pruned == sum(int(FINAL * pruner.wrappers[n].weight_mask.numel()) for n in LAYERS)
     assert pruned / total == pytest.approx(FINAL, abs=0.01)
 
 
@@ -73,7 +73,7 @@ def test_each_round_prunes_the_smallest_trained_survivors():
     train_a_little(model, optimizer, scheduler)
     trained = model.fc.module.weight.detach().abs().flatten().clone()
     pruner.prune_iteration_start()
-    count = round((1 - (1 - FINAL) ** (1 / ROUNDS)) * trained.numel())
+    count = int((1 - (1 - FINAL) ** (1 / ROUNDS)) * trained.numel())
     expected = torch.ones_like(trained)
     expected[torch.argsort(trained)[:count]] = 0
     assert torch.equal(pruner.wrappers["fc"].weight_mask.flatten(), expected)

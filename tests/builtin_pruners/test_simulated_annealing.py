@@ -141,7 +141,7 @@ def test_better_moves_do_not_consume_the_rng():
         ({}, [{"sparsity": 1.0, "op_types": ["default"]}], "config_list[0].sparsity: 1.0 is greater than or equal"),
         ({}, [{"sparsity": 0.5, "op_types": ["Conv2d"]}, {"sparsity": 0.3, "op_names": ["fc"]}],
          "config_list[1].sparsity: 0.3 differs from config_list[0].sparsity 0.5"),
-        ({"base_algo": "l1"}, [{"sparsity": 0.5, "op_names": ["fc"]}], "cannot compress 'fc' (Linear)"),
+        ({"base_algo": "l1"}, [{"sparsity": 0.5, "op_names": ["bn1"]}], "cannot compress 'bn1' (BatchNorm2d)"),
     ],
 )
 def test_bad_input_raises_config_error_and_leaves_the_model_untouched(arguments, config, message):

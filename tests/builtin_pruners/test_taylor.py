@@ -1,4 +1,4 @@
-"""TaylorFOWeightFilterPruner: (sum of w * dL/dw)^2 per filter, summed over the statistics steps."""
+"""TaylorFOWeightFilterPruner: sum of (w * dL/dw)^2 per filter, summed over the statistics steps."""
 from __future__ import annotations
 
 import pytest
@@ -31,11 +31,22 @@ def channel_mask(model: nn.Sequential) -> list[float]:
     return model[0].weight_mask.flatten(1).amax(1).tolist()
 
 
-def test_the_contribution_squares_the_filter_sum_by_hand():
+def test_the_contribution_sums_elementwise_squares_by_hand_with_mixed_signs():
     weight = torch.tensor(WEIGHTS).view(3, 2, 1)
     grad = torch.tensor([[1.0, 1.0], [1.0, 1.0], [2.0, 0.0]]).view(3, 2, 1)
-    # (1+1)^2 = 4, (2-2)^2 = 0 (elementwise squares would give 8), (1+0)^2 = 1
-    assert taylor_contribution(weight, grad).tolist() == [4.0, 0.0, 1.0]
+    # w * g per filter: (1, 1), (2, -2), (1, 0) -> 1+1 = 2, 4+4 = 8, 1+0 = 1.
+    # The mixed-sign filter is the most important; squaring the sum would give it 0 and prune it.
+    assert taylor_contribution(weight, grad).tolist() == [2.0, 8.0, 1.0]
+
+
+def test_mixed_signs_decide_which_filter_goes():
+    model = three_filters()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = TaylorFOWeightFilterPruner(model, [{"sparsity": 0.34, "op_types": ["Conv1d"]}], optimizer)
+    pruner.compress()
+    step_with_gradient(model, optimizer, [[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])  # 2, 8, 0.25
+    # squaring the sum would score the mixed-sign filter (2, -2) * (1, 1) as 0 and prune it instead
+    assert channel_mask(model) == [1.0, 1.0, 0.0]
 
 
 def test_importance_is_summed_over_the_statistics_steps_then_masks_are_set():
@@ -43,10 +54,10 @@ def test_importance_is_summed_over_the_statistics_steps_then_masks_are_set():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner = TaylorFOWeightFilterPruner(model, [{"sparsity": 0.34, "op_types": ["Conv1d"]}], optimizer, statistics_batch_num=2)
     pruner.compress()
-    step_with_gradient(model, optimizer, [[1.0, 1.0], [1.0, 1.0], [2.0, 0.0]])  # 4, 0, 1
+    step_with_gradient(model, optimizer, [[1.0, 1.0], [1.0, 1.0], [2.0, 0.0]])  # 2, 8, 1
     assert channel_mask(model) == [1.0, 1.0, 1.0]
     step_with_gradient(model, optimizer, [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # 0, 4, 0
-    assert pruner.filter_importance(pruner.wrappers["0"]).tolist() == [4.0, 4.0, 1.0]
+    assert pruner.filter_importance(pruner.wrappers["0"]).tolist() == [2.0, 12.0, 1.0]
     assert channel_mask(model) == [1.0, 1.0, 0.0]
     # Later steps no longer change the ranking.
     step_with_gradient(model, optimizer, [[0.0, 0.0], [0.0, 0.0], [9.0, 9.0]])
@@ -61,8 +72,8 @@ def test_one_statistics_step_of_real_training():
     x = torch.tensor([[[1.0], [3.0]]])
     model(x).sum().backward()  # dL/dw of every filter is the input (1, 3)
     optimizer.step()
-    # filter sums of w * x: 1+3 = 4, 2-6 = -4, 0.5+1.5 = 2 -> squares 16, 16, 4
-    assert pruner.filter_importance(pruner.wrappers["0"]).tolist() == [16.0, 16.0, 4.0]
+    # (w * x)^2 summed per filter: 1+9 = 10, 4+36 = 40, 0.25+2.25 = 2.5
+    assert pruner.filter_importance(pruner.wrappers["0"]).tolist() == [10.0, 40.0, 2.5]
     assert channel_mask(model) == [1.0, 1.0, 0.0]
     assert model[0].module.weight[2].eq(0).all()
 

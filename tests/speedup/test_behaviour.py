@@ -153,7 +153,7 @@ def test_mask_file_round_trip_and_bad_files(tmp_path):
     path = tmp_path / "mask.pth"
     torch.save(masks, path)
     reference = masked_copy(model, masks)
-    apply_compression_results(model, path, DUMMY)
+    apply_compression_results(model, path, dummy_input=DUMMY)
     assert model.c1.out_channels == 5
     assert_same_function(model, reference, (2, 3, 6, 6))
 
@@ -178,7 +178,7 @@ def test_masks_that_do_not_fit_the_model_are_rejected():
 def test_apply_compression_results_without_input_applies_masks():
     model = fresh_chain()
     masks = chain_masks(model)
-    with pytest.warns(UserWarning, match="pass dummy_input=<an example input> to remove the pruned channels"):
+    with pytest.warns(UserWarning, match=r"pass dummy_input=<an example input> \(keyword\) to remove the pruned channels"):
         apply_compression_results(model, masks)
     assert model.c1.weight.shape == (8, 3, 3, 3)
     assert model.c1.weight[[0, 2, 5]].abs().sum() == 0

@@ -44,7 +44,8 @@ def trained_baseline(model: nn.Module, data: JobData, *, model_spec: str | None,
             return model
         except (NncoreError, RuntimeError) as exc:
             say(verbose, f"baseline: ignoring unreadable cache entry ({exc})")
-    say(verbose, f"baseline: training {epochs} epoch(s)" + (f" (cached in {path.parent}/ for the next run)" if use_cache else ""))
+    cached = f" (cached in {path.parent}/ for the next run)" if use_cache else ""
+    say(verbose, f"baseline: training {epochs} epoch(s){cached}")
     torch.manual_seed(seed)
     train_epochs(model, data.train_loader, epochs, lr=lr, progress="baseline training", verbose=verbose)
     if use_cache:

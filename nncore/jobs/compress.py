@@ -30,10 +30,12 @@ from nncore.jobs.measure import add_latencies, model_figures, onnx_runner, torch
 from nncore.jobs.options import DEFAULT_ALGO, check_compress_arguments, job_settings, say
 from nncore.jobs.output import clear_previous_run, files_in
 from nncore.jobs.plots import comparison_plot, sparsity_plot
-from nncore.jobs.pruning import check_construction, check_pruner, prune_and_finetune, pruner_class
+from nncore.jobs.pruning import (
+    check_construction, check_pruner, is_one_shot, one_shot_arguments, prune_and_finetune, pruner_class,
+)
 from nncore.jobs.quantize import check_quantizer, int8_figures, quantize_int8
 from nncore.jobs.report import columns_of, comparison_rows, latency_note, markdown_report, write_text
-from nncore.jobs.supplies import JobSupplies, declared, job_config_list
+from nncore.jobs.supplies import JobSupplies, job_config_list
 from nncore.speedup import ModelSpeedup, save_pruned
 
 
@@ -67,8 +69,7 @@ def prepare(args: argparse.Namespace, verbose: bool) -> Setup:
     check_construction(args.algo, model, config_list, lambda probe: job_supplies(probe, data, args, output, False))
     sensitivity_algo = None
     if args.sensitivity:  # one fresh pruner per layer and sparsity: a one-shot pruner
-        one_shot = not set(declared(cls, "job_arguments").values()) - {"dummy_input", "dependency_aware"}
-        sensitivity_algo = args.algo if one_shot else DEFAULT_ALGO
+        sensitivity_algo = args.algo if is_one_shot(cls) else DEFAULT_ALGO
         check_pruner(sensitivity_algo, model, job_config_list(pruner_class(sensitivity_algo), 0.5, 1), one_shot=True)
     parameters = sum(p.numel() for p in model.parameters())
     say(verbose, f"checked: {type(model).__name__} ({parameters:,} parameters) on {data.description}")
@@ -110,7 +111,9 @@ def run_sensitivity(model: nn.Module, data: JobData, algo: str, output: Path, no
     from nncore.utils.sensitivity import SensitivityAnalysis
 
     say(verbose, f"sensitivity: pruning one layer at a time with {algo}")
-    analysis = SensitivityAnalysis(model, lambda: accuracy(model, data.test_loader), prune_type=algo, verbose=verbose)
+    arguments = one_shot_arguments(pruner_class(algo), torch.zeros(data.input_shape))
+    analysis = SensitivityAnalysis(model, lambda: accuracy(model, data.test_loader), prune_type=algo, verbose=verbose,
+                                   pruner_kwargs=arguments)
     analysis.analysis()
     analysis.export(str(output / "sensitivity.csv"))
     try:

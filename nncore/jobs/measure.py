@@ -118,8 +118,8 @@ def model_figures(model: nn.Module, data: JobData, *, masked: bool = False) -> d
             "size_bytes": state_dict_bytes(model), "estimated": masked}
 
 
-def add_latencies(figures: Mapping[str, dict[str, Any]], runners: Mapping[str, Callable[[torch.Tensor], Callable[[], Any]]],
-                  data: JobData) -> None:
+def add_latencies(figures: Mapping[str, dict[str, Any]],
+                  runners: Mapping[str, Callable[[torch.Tensor], Callable[[], Any]]], data: JobData) -> None:
     """Measure every model's latency, interleaved, at batch 1 and :data:`LATENCY_BATCH`, into ``figures``.
 
     :param runners: ``{name: make_runner(batch) -> run}`` for each model (``figures`` has the same names).

@@ -43,16 +43,16 @@ def check_pruner(algo: str, model: nn.Module, config_list: Any, *, config_file: 
     """
     cls = pruner_class(algo)
     check_needs(cls, f"--algo {algo!r}")
-    if one_shot:
+    if one_shot and not is_one_shot(cls):
         extra = sorted(set(declared(cls, "job_arguments").values()) - set(ONE_SHOT_SUPPLIES))
-        if extra:
-            raise CommandLineError(f"--algo {algo!r}: {cls.__name__} needs {', '.join(extra)}; nncore auto prunes "
-                                   "one copy per trial and takes one-shot pruners only (e.g. l1, l2, fpgm, level)")
+        raise CommandLineError(f"--algo {algo!r}: {cls.__name__} needs {', '.join(extra)}; nncore auto prunes "
+                               "one copy per trial and takes one-shot pruners only (e.g. l1, l2, fpgm, level)")
     try:
         cls.check_config(model, config_list)
     except ConfigError as exc:
         if config_file is not None:
-            raise ConfigError(exc.errors, header=f"--config {config_file}: invalid config_list for {cls.__name__}") from exc
+            header = f"--config {config_file}: invalid config_list for {cls.__name__}"
+            raise ConfigError(exc.errors, header=header) from exc
         setting = "" if sparsity is None else f" at --sparsity {sparsity}"
         raise CommandLineError(f"--algo {algo!r} cannot prune {type(model).__name__}{setting}: "
                                + "; ".join(exc.errors)) from exc
@@ -89,13 +89,23 @@ def make_pruner(algo: str, model: nn.Module, config_list: Any, example_input: An
     check_needs(cls, f"--algo {algo!r}")
     if supplies is not None:
         return cls(model, config_list, **supplies.arguments(cls))
-    one_shot = {"dummy_input": example_input, "dependency_aware": True}
-    arguments = declared(cls, "job_arguments")
-    extra = sorted(set(arguments.values()) - set(one_shot))
-    if extra:
+    if not is_one_shot(cls):
+        extra = sorted(set(declared(cls, "job_arguments").values()) - set(ONE_SHOT_SUPPLIES))
         raise CommandLineError(f"--algo {algo!r}: {cls.__name__} needs {', '.join(extra)}, which only nncore compress "
                                "supplies")
-    return cls(model, config_list, **{parameter: one_shot[name] for parameter, name in arguments.items()})
+    return cls(model, config_list, **one_shot_arguments(cls, example_input))
+
+
+def is_one_shot(cls: type) -> bool:
+    """Whether ``cls`` asks a job for nothing but :data:`ONE_SHOT_SUPPLIES`."""
+    return set(declared(cls, "job_arguments").values()) <= set(ONE_SHOT_SUPPLIES)
+
+
+def one_shot_arguments(cls: type, example_input: Any) -> dict[str, Any]:
+    """The constructor arguments of a one-shot pruner: ``example_input`` as its dummy input,
+    dependency-aware where it can be."""
+    values = {"dummy_input": example_input, "dependency_aware": True}
+    return {parameter: values[name] for parameter, name in declared(cls, "job_arguments").items()}
 
 
 def layer_sparsity(masks: dict[str, dict[str, Any]], layers: Iterable[str]) -> dict[str, float]:

@@ -3,6 +3,7 @@ ONNX model and measured in ONNX Runtime (accuracy included, not simulated)."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,8 @@ def check_quantizer(name: str) -> type:
     if getattr(cls, "kind", "") != "quantizer":
         raise CommandLineError(f"--quantize {name!r} is a {cls.kind or 'compressor'}, not a quantizer")
     check_needs(cls, f"--quantize {name!r}")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise CommandLineError("--quantize measures the int8 model in ONNX Runtime: pip install onnxruntime") from exc
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise CommandLineError("--quantize measures the int8 model in ONNX Runtime: pip install onnxruntime")
     return cls
 
 

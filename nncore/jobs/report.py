@@ -91,7 +91,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         mask = report["layer_sparsity"].get(name)
         lines.append(f"| {name} | {'-' if mask is None else f'{mask:.2%}'} | {reduction['removed']:.2%} | "
                      f"{reduction['zero']:.2%} |")
-    lines += ["", "Figures marked ~ are estimates from the masks (no speedup)."] if report["compressed"].get("estimated") else []
+    if report["compressed"].get("estimated"):
+        lines += ["", "Figures marked ~ are estimates from the masks (no speedup)."]
     lines += ["", "## Notes", *(f"- {note}" for note in report["notes"])] if report["notes"] else []
     lines += ["", "## Files", *(f"- `{name}`" for name in report["artifacts"])]
     return "\n".join(lines) + "\n"

@@ -72,7 +72,7 @@ def _count_linear(module: nn.Linear, inputs: tuple, output: torch.Tensor, *, ful
 def _count_multihead_attention(module: nn.MultiheadAttention, inputs: tuple, output: Any, *,
                                full: bool) -> int:
     """Q/K/V projections, ``Q K^T`` and ``A V`` (``L*S*E`` MACs each per batch item), out-projection."""
-    query, key, value = inputs[0], inputs[1], inputs[2]
+    query, key = inputs[0], inputs[1]
     embed = module.embed_dim
     batch_dim = 0 if module.batch_first else 1
     batch = query.shape[batch_dim] if query.dim() == 3 else 1

@@ -470,7 +470,8 @@ def test_a_cached_baseline_gives_the_same_result_as_a_trained_one(tmp_path, caps
     for name in ("trained", "cached"):
         assert run_job(capsys, *TINY, "--finetune-epochs", "2", "--output", str(tmp_path / name), "--quiet")[0] == 0
     assert len(list((tmp_path / "cache").glob("baseline-*.pt"))) == 1
-    trained, cached = (torch.load(tmp_path / name / "model_pruned.pt", weights_only=True) for name in ("trained", "cached"))
+    trained, cached = (torch.load(tmp_path / name / "model_pruned.pt", weights_only=True)
+                       for name in ("trained", "cached"))
     assert trained.keys() == cached.keys() and all(torch.equal(trained[k], cached[k]) for k in trained)
 
 

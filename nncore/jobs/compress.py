@@ -56,7 +56,6 @@ def prepare(args: argparse.Namespace, verbose: bool) -> Setup:
     build model and data; nothing is trained or written but the output folder."""
     check_compress_arguments(args)
     output = Path(args.output)
-    quantizer = check_quantizer(args.quantize) if args.quantize else None
     cls = pruner_class(args.algo)
     config_list = (read_config_list(args.config) if args.config
                    else job_config_list(cls, args.sparsity, args.finetune_epochs))
@@ -67,6 +66,7 @@ def prepare(args: argparse.Namespace, verbose: bool) -> Setup:
     check_pruner(args.algo, model, config_list, config_file=args.config,
                  sparsity=None if args.config else args.sparsity)
     check_construction(args.algo, model, config_list, lambda probe: job_supplies(probe, data, args, output, False))
+    quantizer = check_quantizer(args.quantize, model) if args.quantize else None
     sensitivity_algo = None
     if args.sensitivity:  # one fresh pruner per layer and sparsity: a one-shot pruner
         sensitivity_algo = args.algo if is_one_shot(cls) else DEFAULT_ALGO

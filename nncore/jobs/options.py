@@ -21,7 +21,7 @@ DEFAULT_FINETUNE_EPOCHS = 15
 DEFAULT_LR = 1e-2
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_OUTPUT = "nncore-output"
-QUANTIZERS = ("qat",)
+QUANTIZERS = ("qat", "ptq")
 DEFAULT_BUDGET = 0.5
 DEFAULT_TRIALS = 20
 DEFAULT_STORAGE = "sqlite:///nncore-auto.db"
@@ -79,7 +79,9 @@ def add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                                          "(e.g. the file written by nncore auto)")
     parser.add_argument("--finetune-epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS, help="fine-tuning epochs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the data order and the algorithm")
-    parser.add_argument("--quantize", choices=QUANTIZERS, help="also quantize to int8 and export an int8 ONNX model")
+    parser.add_argument("--quantize", choices=QUANTIZERS,
+                        help="then quantize to int8 (qat: quantization-aware fine-tuning, ptq: post-training "
+                             "calibration) and export an int8 ONNX model, measured in ONNX Runtime")
     parser.add_argument("--sensitivity", action="store_true", help="also run a sensitivity analysis (CSV + PNG)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="folder of the artifacts and reports")
 

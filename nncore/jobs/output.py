@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 JOB_FILES = (
-    "model_baseline.pt", "model_pruned.pt", "masks.pt", "model_speedup.pt", "model_qat.pt", "calibration.pt",
+    "model_baseline.pt", "model_pruned.pt", "masks.pt", "model_speedup.pt", "model_qat.pt", "model_ptq.pt", "calibration.pt",
     "model_int8.onnx", "sparsity.png", "comparison.png", "sensitivity.csv", "sensitivity.png",
     "search_history.json", "search_result.json", "report.json", "report.md",
 )

@@ -59,7 +59,8 @@ SUPPLIES: Mapping[str, str] = {
     "finetuner": "finetuner(model): one epoch of fine-tuning (Adam) on the training data",
     "evaluator": "evaluator(model) -> float: accuracy on the test data, higher is better",
     "loader_evaluator": "evaluator(loader, model) -> float: accuracy in percent over loader (NNI's AMC contract)",
-    "calibration_data": "the training data loader, batches of (inputs, labels)",
+    "calibration_data": "the training data loader, batches of (inputs, labels); a quantizer that asks for it is "
+                        "calibrated, not fine-tuned",
     "test_data": "the test data loader, batches of (inputs, labels)",
     "output_dir": "the job's --output folder, for the algorithm's own files",
     "seed": "the job's --seed",

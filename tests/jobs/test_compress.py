@@ -441,6 +441,35 @@ def test_estimate_without_speedup_counts_live_channels() -> None:
     assert effective_flops_params(model, example) == (1152 + 4608 + 12, 18 + 72 + 12 + 4 + 9)
 
 
+@pytest.mark.skipif("ptq" not in {info.name for info in nncore.list_compressors()},
+                    reason="PtqQuantizer (issue 11) is not registered in this checkout")
+def test_quantize_ptq_calibrates_and_measures_int8_in_onnx_runtime(tmp_path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "out"
+    status, stdout, stderr = run_job(capsys, "--epochs", "2", "--finetune-epochs", "1", "--batch-size", "256",
+                                     "--quantize", "ptq", "--output", str(out))
+    assert status == 0, stderr
+    assert "quantizing: PtqQuantizer, calibrating" in stderr and "ptq fine-tuning" not in stderr
+    report = report_of(out)
+    assert report["notes"] == []
+    assert {"model_ptq.pt", "calibration.pt", "model_int8.onnx"} <= set(report["artifacts"])
+    int8, fp32 = report["int8"], report["compressed"]
+    assert int8["size_bytes"] < fp32["size_bytes"] and int8["latency_ms"] > 0
+    # the int8 accuracy is ONNX Runtime's on the test set, the same computation here
+    import numpy as np
+    import onnxruntime
+
+    from nncore.data import digits_tensors
+
+    _, _, x_test, y_test = digits_tensors()
+    session = onnxruntime.InferenceSession(str(out / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x_test.numpy().astype(np.float32)})[0]
+    assert int8["accuracy"] == pytest.approx(float((logits.argmax(1) == y_test.numpy()).mean()))
+    assert abs(int8["accuracy"] - fp32["accuracy"]) < 0.05
+    header = stdout.splitlines()[0].split()
+    assert header == ["baseline", "compressed", "int8", "(onnxruntime)"]
+
+
 def test_quantize_qat_goes_on_to_an_int8_onnx_model(tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")

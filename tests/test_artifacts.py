@@ -47,3 +47,10 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_speedup_given_a_directory_says_so(tmp_path, tiny_cnn):
+    from nncore.speedup import ModelSpeedup
+
+    with pytest.raises(ArtifactError, match=f"mask file {str(tmp_path)!r} is a directory, not a file"):
+        ModelSpeedup(tiny_cnn, torch.zeros(1, 1, 8, 8), str(tmp_path))

@@ -113,7 +113,9 @@ MaskDict = dict[str, dict[str, torch.Tensor | None]]
 
 
 def check_masks(masks: Any, source: str) -> MaskDict:
-    """Return ``masks`` if it maps module names to ``{'weight': Tensor, 'bias': Tensor | None}``.
+    """Return ``masks`` if it maps module names to ``{parameter name: Tensor | None}`` with at least
+    one tensor each (``{'weight': Tensor, 'bias': Tensor | None}`` for most layers; other parameter
+    names such as ``in_proj_weight`` for layers whose parameters are named otherwise).
 
     :raises ArtifactError: naming ``source`` and the first entry that is wrong.
     """
@@ -122,11 +124,12 @@ def check_masks(masks: Any, source: str) -> MaskDict:
     for name, entry in masks.items():
         if not isinstance(name, str):
             raise ArtifactError(f"{source}: not a mask file: key {name!r} is not a module name")
-        if not isinstance(entry, dict) or not isinstance(entry.get("weight"), torch.Tensor):
-            raise ArtifactError(f"{source}: not a mask file: entry {name!r} has no 'weight' tensor")
-        bias = entry.get("bias")
-        if bias is not None and not isinstance(bias, torch.Tensor):
-            raise ArtifactError(f"{source}: not a mask file: entry {name!r} has a 'bias' that is not a tensor")
+        if not isinstance(entry, dict) or not any(isinstance(mask, torch.Tensor) for mask in entry.values()):
+            raise ArtifactError(f"{source}: not a mask file: entry {name!r} has no mask tensor "
+                                "(expected a dict of parameter name -> mask, e.g. {'weight': tensor})")
+        for key, mask in entry.items():
+            if not isinstance(key, str) or not (mask is None or isinstance(mask, torch.Tensor)):
+                raise ArtifactError(f"{source}: not a mask file: entry {name!r} has a {key!r} mask that is not a tensor")
     return masks
 
 

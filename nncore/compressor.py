@@ -286,14 +286,16 @@ class Pruner(Compressor):
             wrapper.apply_masks()
 
     def masks(self) -> MaskDict:
-        """``{module name: {'weight': mask, 'bias': mask or None}}`` on the CPU."""
-        return {
-            name: {
-                "weight": w.weight_mask.detach().cpu().clone(),
-                "bias": None if w.bias_mask is None else w.bias_mask.detach().cpu().clone(),
-            }
-            for name, w in self.all_wrappers().items()
-        }
+        """``{module name: {parameter name: mask or None}}`` on the CPU: ``'weight'`` and ``'bias'``
+        for most layers (``None``: no bias). A wrapper that masks a submodule's parameter
+        (``out_proj.weight`` of an ``nn.MultiheadAttention``) reports it under that submodule."""
+        entries: MaskDict = {}
+        for name, wrapper in self.all_wrappers().items():
+            for parameter, mask in wrapper.parameter_masks().items():
+                owner, _, key = parameter.rpartition(".")
+                entry = entries.setdefault(f"{name}.{owner}" if owner else name, {})
+                entry[key] = None if mask is None else mask.detach().cpu().clone()
+        return entries
 
     def clean_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state_dict under the original model's keys, masked values zero (with the
@@ -350,7 +352,7 @@ class Pruner(Compressor):
         leaves no half-written file.
 
         :param model_path: state_dict with the original model's keys; masked values are zero.
-        :param mask_path: ``{module name: {'weight': mask, 'bias': mask or None}}``, plus the
+        :param mask_path: the :meth:`masks` (``{module name: {'weight': mask, 'bias': mask or None}}``), plus the
             example input's shapes and dtypes (the pruner's ``dummy_input``, else ``input_shape``)
             under :data:`nncore.artifacts.MASK_METADATA_KEY`, so that
             ``apply_compression_results(model, mask_path)`` can shrink the model.

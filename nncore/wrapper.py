@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,17 +25,21 @@ class ModuleWrapper(nn.Module):
     :ivar config: its resolved :class:`LayerConfig`.
     :ivar weight_mask: buffer shaped like ``module.weight`` (1 keeps, 0 prunes).
     :ivar bias_mask: buffer shaped like ``module.bias``, or ``None``.
+    :ivar mask_parameters: the parameters masked, by name relative to ``module`` (default
+        ``("weight", "bias")``); each has a buffer ``<name with dots as _>_mask``, e.g.
+        ``in_proj_weight_mask`` of an ``nn.MultiheadAttention``.
     """
 
-    def __init__(self, module: nn.Module, name: str, config: LayerConfig):
+    def __init__(self, module: nn.Module, name: str, config: LayerConfig,
+                 mask_parameters: Sequence[str] = ("weight", "bias")):
         super().__init__()
         self.module = module
         self.name = name
         self.config = config
-        weight = module.weight
-        self.register_buffer("weight_mask", torch.ones_like(weight, dtype=weight.dtype))
-        bias = getattr(module, "bias", None)
-        self.register_buffer("bias_mask", torch.ones_like(bias) if isinstance(bias, torch.Tensor) else None)
+        self.mask_parameters = tuple(mask_parameters)
+        for parameter in self.mask_parameters:
+            value = module_parameter(module, parameter)
+            self.register_buffer(mask_buffer_name(parameter), None if value is None else torch.ones_like(value))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -46,11 +50,23 @@ class ModuleWrapper(nn.Module):
 
     def set_masks(self, weight_mask: torch.Tensor, bias_mask: torch.Tensor | None = None) -> None:
         """Replace the masks (values are copied) and zero the masked weights."""
-        self._copy_mask("weight_mask", weight_mask)
-        if bias_mask is not None:
-            if self.bias_mask is None:
-                raise PluginError(f"a bias mask was given for {self.name!r}, which has no bias")
-            self._copy_mask("bias_mask", bias_mask)
+        self.set_parameter_masks({"weight": weight_mask} if bias_mask is None else {"weight": weight_mask, "bias": bias_mask})
+
+    def parameter_masks(self) -> dict[str, torch.Tensor | None]:
+        """``{parameter name: mask}`` for every parameter this wrapper masks (``None``: the module has
+        no such parameter, e.g. no bias). Names are relative to the module (``out_proj.weight``)."""
+        return {parameter: getattr(self, mask_buffer_name(parameter)) for parameter in self.mask_parameters}
+
+    def set_parameter_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Replace the masks of the named parameters (values are copied) and zero the masked values."""
+        current = self.parameter_masks()
+        for parameter, mask in masks.items():
+            if parameter not in current:
+                raise PluginError(f"a {parameter} mask was given for {self.name!r}, whose wrapper masks only "
+                                  f"{', '.join(self.mask_parameters)}")
+            if current[parameter] is None:
+                raise PluginError(f"a {parameter} mask was given for {self.name!r}, which has no {parameter}")
+            self._copy_mask(mask_buffer_name(parameter), mask)
         self.apply_masks()
         keep_masks_through_optimizer_steps(self)
 
@@ -63,13 +79,29 @@ class ModuleWrapper(nn.Module):
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Zero the masked entries of the weight (and bias) in place."""
-        self.module.weight.mul_(self.weight_mask)
-        if self.bias_mask is not None:
-            self.module.bias.mul_(self.bias_mask)
+        """Zero the masked entries of the weight (and bias, and any other masked parameter) in place."""
+        for parameter, mask in self.parameter_masks().items():
+            if mask is not None:
+                module_parameter(self.module, parameter).mul_(mask)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def mask_buffer_name(parameter: str) -> str:
+    """The wrapper's buffer that masks ``parameter``: ``weight_mask``, ``out_proj_weight_mask``."""
+    return parameter.replace(".", "_") + "_mask"
+
+
+def module_parameter(module: nn.Module, parameter: str) -> torch.Tensor | None:
+    """The tensor called ``parameter`` (dotted: ``out_proj.weight``) in ``module``, or ``None``."""
+    owner, _, attribute = parameter.rpartition(".")
+    try:
+        target = module.get_submodule(owner) if owner else module
+    except AttributeError:
+        return None
+    value = getattr(target, attribute, None)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 # Masked weights must stay zero whatever the optimizer does (momentum, Adam, weight decay):

@@ -21,6 +21,13 @@ SPECIAL_CONFIG: dict[str, dict[str, Any]] = {
 }
 
 
+def special_models() -> dict[str, tuple[Any, tuple[int, ...], dict[str, Any]]]:
+    """Compressors that need a model of their own kind: name -> (model factory, input shape, arguments)."""
+    from tests.builtin_pruners.attention_models import TinyTransformer, tiny_groups
+
+    return {"transformer_head": (TinyTransformer, (2, 5, 8), {"head_hidden_dim": 2, "attention_name_groups": tiny_groups()})}
+
+
 class ConformanceNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -121,10 +128,12 @@ def test_its_schema_is_valid_json_schema(info):
 @pytest.mark.parametrize("info", REGISTERED, ids=[info.name for info in REGISTERED])
 def test_compress_on_a_tiny_model_gives_masks_shaped_like_the_weights(info, tmp_path):
     torch.manual_seed(0)
-    model = ConformanceNet()
-    compressor = info.cls(model, minimal_config(info.cls), **constructor_arguments(info.cls, model, tmp_path))
+    make_model, input_shape, special = special_models().get(info.name, (ConformanceNet, INPUT_SHAPE, {}))
+    model = make_model()
+    arguments = {**constructor_arguments(info.cls, model, tmp_path), **special}
+    compressor = info.cls(model, minimal_config(info.cls), **arguments)
     assert compressor.compress() is model
-    model(torch.randn(*INPUT_SHAPE))
+    model(torch.randn(*input_shape))
     compressor.update_epoch(1)
     compressor.step()
     assert compressor.wrappers, f"{info.name} wrapped nothing"

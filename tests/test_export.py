@@ -89,7 +89,7 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(pruner, tmp_p
 
 def test_a_file_that_is_not_a_mask_file_is_an_artifact_error(tmp_path):
     torch.save({"conv1": torch.ones(3)}, tmp_path / "state.pth")
-    with pytest.raises(ArtifactError, match=r"state.pth.*entry 'conv1' has no 'weight' tensor"):
+    with pytest.raises(ArtifactError, match=r"state.pth.*entry 'conv1' has no mask tensor"):
         load_masks(tmp_path / "state.pth")
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(ArtifactError, match=r"text.pth': not a mask file \(truncated / empty / not a torch file\)"):

@@ -136,7 +136,7 @@ def test_export_records_the_dummy_input_and_old_files_still_load(tmp_path):
     assert MASK_METADATA_KEY not in load_masks(tmp_path / "mask.pth") and set(masks) == {"conv1", "conv2", "bn1"}
     torch.save(masks, tmp_path / "old.pth")  # a file without metadata (older nncore, NNI)
     assert read_mask_file(tmp_path / "old.pth")[1] == {}
-    with pytest.raises(ArtifactError, match="entry '__nncore_metadata__' has no 'weight' tensor"):
+    with pytest.raises(ArtifactError, match="entry '__nncore_metadata__' has no mask tensor"):
         check_masks({**masks, MASK_METADATA_KEY: {}}, "masks")
     with pytest.raises(ArtifactError, match="'__nncore_metadata__' entry must be a dict, got list"):
         read_mask_file({**masks, MASK_METADATA_KEY: [1]})

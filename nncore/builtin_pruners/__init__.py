@@ -16,6 +16,7 @@ from nncore.builtin_pruners.netadapt import NetAdaptPruner
 from nncore.builtin_pruners.simulated_annealing import SimulatedAnnealingPruner
 from nncore.builtin_pruners.slim import SlimPruner
 from nncore.builtin_pruners.taylor import TaylorFOWeightFilterPruner
+from nncore.builtin_pruners.transformer_head import TransformerHeadPruner
 
 __all__ = [
     "ADMMPruner",
@@ -35,4 +36,5 @@ __all__ = [
     "LevelPruner",
     "SlimPruner",
     "TaylorFOWeightFilterPruner",
+    "TransformerHeadPruner",
 ]

@@ -69,6 +69,7 @@ class Capture:
     :ivar graph_module: the fx ``GraphModule`` (fx only): it can replace the model's forward
     :ivar output: the model's output on the dummy input (real tensors)
     :ivar unvisited: modules with parameters that no captured forward ran
+    :ivar training_error: why the training-mode recording failed on the dummy input (if it did)
     """
 
     graphs: list
@@ -78,6 +79,7 @@ class Capture:
     output: Any = None
     graph_module: fx.GraphModule | None = None
     unvisited: tuple = ()
+    training_error: str | None = None
 
     def nodes(self):
         """Every node of every graph, in order."""
@@ -106,12 +108,16 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
         visited = recorder.visited
     unvisited = _unvisited(model, visited)
     if unvisited:
-        with _training_branches(model):
-            recorder = _Recorder(model, is_leaf)
-            recorder.record(args, kwargs)
-        result.graphs.append(recorder.graph)
-        result.values.update(recorder.values)
-        unvisited = _unvisited(model, visited | recorder.visited)
+        recorder = _Recorder(model, is_leaf)
+        try:
+            with _training_branches(model):
+                recorder.record(args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - the model's own training-mode code failed on dummy_input
+            result.training_error = f"{type(exc).__name__}: {exc}"
+        else:
+            result.graphs.append(recorder.graph)
+            result.values.update(recorder.values)
+            unvisited = _unvisited(model, visited | recorder.visited)
     result.unvisited = tuple(unvisited)
     return result
 

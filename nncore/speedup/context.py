@@ -31,6 +31,8 @@ class Context:
         self.unknown: list[tuple[str, str]] = []
         self.filter_zero: dict[str, np.ndarray] = {}
         self.functional_norms: dict[str, np.ndarray] = {}  # module calling F.layer_norm -> channel slots
+        self.consts: dict[fx.Node, Any] = {}  # per tensor: constants of its slabs (see constants.py)
+        self.folds: dict[str, np.ndarray] = {}  # reader module -> the constants it reads (see fold.py)
 
     # -- helpers for handlers and rules ------------------------------------------------------
     def choose(self, node: fx.Node, key: int, count: int, default: int) -> int:

@@ -13,6 +13,7 @@ from torch import nn
 from nncore.artifacts import MaskDict, example_input, read_mask_file
 from nncore.errors import SpeedupError
 from nncore.speedup.analysis import Analysis, split_inputs
+from nncore.speedup.fold import fold_into_bias, folded_counts
 from nncore.speedup.masks import apply_masks, read_masks
 from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, mask_weights, owner_of,
                                     replace_module, set_attr, use_graph_forward, zero_filters)
@@ -29,8 +30,9 @@ from nncore.speedup.summary import SpeedupSummary
 logger = logging.getLogger(__name__)
 
 RELATIVE_TOLERANCE = 1e-4
-CONSTANT_REASON = ("masked filters whose channels are not exact zeros where they are read (an unmasked "
-                   "bias or BatchNorm after them makes them constant, not zero)")
+CONSTANT_REASON = ("masked filters coupled with channels that are read where they are neither zero nor a constant "
+                   "the reader folds (a layer that also reads unpruned channels, a channel shuffle, conflicting "
+                   "masks)")
 NOTHING_STRUCTURAL = ("the masks prune no whole channel (fine-grained masks): nothing can be removed "
                       "structurally; the masks were applied to the weights and the model is unchanged in shape")
 
@@ -138,7 +140,12 @@ class ModelSpeedup:
                 kept_by[CONSTANT_REASON] = kept_filters
             notes.append(f"{kept_filters} of {masked_filters} masked filters kept (reasons above)")
         if capture.unvisited:
-            notes.append("modules that no captured forward ran keep their channels: " + ", ".join(capture.unvisited))
+            unvisited = (f"modules {', '.join(capture.unvisited)} never ran on dummy_input"
+                         + (f" (in training mode the model failed: {capture.training_error})" if capture.training_error
+                            else "") + "; they are not shrunk and may no longer fit their inputs: give a dummy_input "
+                         "on which they run (the training input size)")
+            notes.append(unvisited)
+            warnings.warn(unvisited, UserWarning, stacklevel=3)
         if kept_by:
             warnings.warn(("speedup removed nothing: " if not decision.removed else "speedup kept pruned channels: ")
                           + "; ".join(f"{reason} ({count})" for reason, count in kept_by.items()),
@@ -148,7 +155,8 @@ class ModelSpeedup:
                 notes.append(NOTHING_STRUCTURAL)
                 warnings.warn(NOTHING_STRUCTURAL, UserWarning, stacklevel=3)
             self._finish_masking(analysis, deferred, {}, journal)
-            self.summary = SpeedupSummary(kept_by=kept_by, notes=tuple(notes))
+            self.summary = SpeedupSummary(kept_by=kept_by, notes=tuple(notes),
+                                          masked_filters=masked_filters, kept_filters=kept_filters)
             logger.info("%s", self.summary)
             return model
         diff = None
@@ -180,7 +188,9 @@ class ModelSpeedup:
             notes.append("attributes updated: " + ", ".join(f"{owner}.{name} = {value}" for owner, values in
                                                              step["attributes"].items() for name, value in values.items()))
         self.summary = SpeedupSummary(shrunk=shrunk, kept_by=kept_by, notes=tuple(notes),
-                                      rewritten=tuple(rewritten), max_abs_diff=diff)
+                                      rewritten=tuple(rewritten), max_abs_diff=diff,
+                                      folded=folded_counts(analysis.ctx, decision),
+                                      masked_filters=masked_filters, kept_filters=kept_filters)
         logger.info("%s", self.summary)
         return model
 
@@ -253,6 +263,8 @@ class ModelSpeedup:
                 return None if key not in _removed else np.nonzero(~_removed[key])[0]
 
             journal.touch(module)
+            if fold_into_bias(analysis.ctx, owner, module, removed, analysis.masks):
+                step["biases"].append(owner)
             new = rule.shrink(module, kept)
             if new is not None:
                 journal.touch(owner_of(model, owner))

@@ -4,7 +4,8 @@ Every index of every channel-like tensor dimension is a *slot*. Slots that must 
 together (the two operands of a residual add, a conv output and the BatchNorm after it, the
 same head in query, key and value) are merged into one *class* with a union-find. A class is
 removed only when nobody can tell: every consumer that mixes channels (convolution, linear,
-matrix product) reads an exact zero there or ignores it (zero weight column), no op the engine
+matrix product) reads an exact zero there, ignores it (zero weight column) or folds its constant
+into its bias (see fold.py), no op the engine
 does not understand touches it, and it does not reach the model output. Conflicting masks in a
 coupled group are resolved by keeping the channel unless every member agrees it is pruned.
 """
@@ -53,6 +54,7 @@ class ChannelClasses:
         self.requests: list[tuple[int, bool, str]] = []
         self.constraints: list[GroupConstraint] = []
         self.gqa: list[GQAConstraint] = []
+        self.constants: list[tuple[int, str]] = []
 
     def new(self, count: int) -> np.ndarray:
         """``count`` fresh, independent slots."""
@@ -123,6 +125,13 @@ class ChannelClasses:
             if slot != PIN:
                 self.reads.append((slot, good))
 
+    def keep_constant(self, slots: np.ndarray, reason: str) -> None:
+        """A consumer reads these slots as non-zero constants it cannot fold into its bias (the read
+        itself is recorded with :meth:`read`); ``reason`` is reported if that keeps their class."""
+        for slot in slots.tolist():
+            if slot != PIN:
+                self.constants.append((slot, reason))
+
     def constrain_groups(self, constraint: GroupConstraint) -> None:
         self.constraints.append(constraint)
 
@@ -171,7 +180,13 @@ def decide(classes: ChannelClasses) -> Decision:
     for root in wanted:
         if root in pin_reasons:
             kept_by[pin_reasons[root]] += 1
-    conflicts = len([root for root in any_ok if root not in wanted and root != PIN])
+    constant_reasons: dict[int, str] = {}
+    for slot, reason in classes.constants:
+        root = int(roots[slot])
+        if root not in wanted and root not in constant_reasons:
+            constant_reasons[root] = reason
+            kept_by[reason] += 1
+    conflicts = len([root for root in any_ok if root not in wanted and root != PIN and root not in constant_reasons])
     if conflicts:
         kept_by["coupled channels are not zero everywhere they are read (conflicting masks in the group, "
                 "or an unmasked bias or normalization in between)"] += conflicts

@@ -19,6 +19,7 @@ from torch import nn
 
 from nncore.artifacts import load_torch, save_torch
 from nncore.errors import ArtifactError, NncoreError
+from nncore.speedup.fold import add_zero_bias
 from nncore.speedup.graph import trace_fx
 from nncore.speedup.journal import Journal, get_attr, owner_of, replace_module, set_attr, use_graph_forward
 from nncore.speedup.ruletable import builtin_leaf_types, extra_rules, find_rule
@@ -35,8 +36,9 @@ def record_step(model: nn.Module, step: dict) -> None:
 
 
 def new_step() -> dict:
-    """An empty record: kept indices per module axis, changed attributes, rewritten graph nodes."""
-    return {"kept": {}, "attributes": {}, "rewrites": []}
+    """An empty record: kept indices per module axis, changed attributes, rewritten graph nodes,
+    layers that got a bias (constant channels folded into it, see :mod:`nncore.speedup.fold`)."""
+    return {"kept": {}, "attributes": {}, "rewrites": [], "biases": []}
 
 
 def shrink_log(model: nn.Module) -> list[dict]:
@@ -93,6 +95,10 @@ def replay(model: nn.Module, step: dict, journal: Journal) -> None:
     """Apply one recorded speedup to ``model`` (see :func:`load_pruned`)."""
     rules = extra_rules()
     tied = tied_parameters(model)
+    for owner in step.get("biases", []):  # their values come with the state dict
+        module = model.get_submodule(owner)
+        journal.touch(module)
+        add_zero_bias(module)
     for owner, axes in step["kept"].items():
         kept_axes = {key: np.asarray(indices, dtype=np.int64) for key, indices in axes.items()}
         if owner.startswith("attr:"):

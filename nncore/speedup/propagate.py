@@ -5,6 +5,7 @@ import torch
 
 from nncore.errors import SpeedupError
 from nncore.speedup.capture import Capture
+from nncore.speedup.constants import track as track_constants
 from nncore.speedup.context import Context, fresh_info, unknown_info
 from nncore.speedup.functions import call_function
 from nncore.speedup.ruletable import call_module
@@ -33,5 +34,7 @@ def propagate(capture: Capture, masks: dict, choices: dict,
             info = None
         else:  # pragma: no cover - fx has no other node kinds
             raise SpeedupError(f"unexpected graph node kind {node.op!r}")
+        if node.op != "output":
+            info = track_constants(ctx, node, value, info)
         ctx.infos[node] = info
     return ctx

@@ -16,6 +16,7 @@ from torch import nn
 
 from nncore.speedup import functions, shapes
 from nncore.speedup.norms import norm_channels
+from nncore.speedup.fold import folded_inputs
 from nncore.speedup.groups import GroupConstraint
 from nncore.speedup.info import TInfo, no_zero, pinned_vector, zero_slabs
 from nncore.speedup.context import Context
@@ -98,7 +99,7 @@ class ConvRule(ShrinkRule):
             zero = (filter_zero | x.zero[1]) & bias_zero
         else:
             out_slots = ctx.classes.new(cout)
-            ctx.classes.read(x.slots[1], x.zero[1] | column_zero)
+            ctx.classes.read(x.slots[1], x.zero[1] | column_zero | folded_inputs(ctx, node, module, x, 1))
             ctx.record(name, "in", x.slots[1])
             ctx.record(name, "out", out_slots)
             if groups > 1:
@@ -150,7 +151,7 @@ class LinearRule(ShrinkRule):
         masked = ctx.is_masked(name)
         weight = ctx.weight_mask(name) if masked else module.weight.detach()
         column_zero = zero_slabs(weight, 1) if masked else np.zeros(weight.shape[1], bool)
-        ctx.classes.read(x.slots[-1], x.zero[-1] | column_zero)
+        ctx.classes.read(x.slots[-1], x.zero[-1] | column_zero | folded_inputs(ctx, node, module, x, x.ndim - 1))
         out_slots = ctx.classes.new(module.out_features)
         bias_zero = np.ones(module.out_features, bool) if module.bias is None else (
             (module.bias.detach() == 0).numpy() if masked else np.zeros(module.out_features, bool))

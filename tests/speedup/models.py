@@ -190,6 +190,52 @@ class EfficientNetish(nn.Module):
         return self.fc(self.head(self.block(self.stem(x))).mean([2, 3]))
 
 
+@torch.fx.wrap
+def stochastic_depth(input, p: float, mode: str, training: bool = True):
+    """As ``torchvision.ops.stochastic_depth`` (also an fx leaf function): drops whole samples
+    (``mode="row"``) or the whole batch while training; the identity in eval mode."""
+    if not training or p == 0.0:
+        return input
+    survival = 1.0 - p
+    size = [input.shape[0]] + [1] * (input.dim() - 1) if mode == "row" else [1] * input.dim()
+    noise = torch.empty(size, dtype=input.dtype, device=input.device).bernoulli_(survival)
+    return input * noise / survival
+
+
+class MBConv(nn.Module):
+    """torchvision's EfficientNet block: expand, depthwise, squeeze-excitation, project, stochastic
+    depth on the residual branch."""
+
+    def __init__(self, channels: int, expand: int, p: float) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.block = nn.Sequential(conv_bn(channels, hidden, 1, act=nn.SiLU),
+                                   conv_bn(hidden, hidden, 3, groups=hidden, act=nn.SiLU),
+                                   SqueezeExcite(hidden, 4, nn.Sigmoid),
+                                   nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels)))
+        self.p = p
+
+    def forward(self, x):
+        result = stochastic_depth(self.block(x), self.p, "row", self.training)
+        result += x
+        return result
+
+
+class EfficientNetB0ish(nn.Module):
+    """EfficientNet stages with residual MBConv blocks and stochastic depth (torchvision's layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 8, stride=2, act=nn.SiLU)
+        self.blocks = nn.Sequential(MBConv(8, 4, 0.1), MBConv(8, 4, 0.2))
+        self.head = conv_bn(8, 16, 1, act=nn.SiLU)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, 5))
+
+    def forward(self, x):
+        x = torch.flatten(F.adaptive_avg_pool2d(self.head(self.blocks(self.stem(x))), 1), 1)
+        return self.classifier(x)
+
+
 def channel_shuffle(x, groups: int):
     b, c, h, w = x.size()
     x = x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous()
@@ -362,6 +408,7 @@ FAMILIES = {
     "mobilenetv2": (MobileNetV2ish, (2, 3, 16, 16)),
     "mobilenetv3": (MobileNetV3ish, (2, 3, 16, 16)),
     "efficientnet": (EfficientNetish, (2, 3, 8, 8)),
+    "efficientnet_b0": (EfficientNetB0ish, (2, 3, 16, 16)),
     "shufflenet": (ShuffleNetish, (2, 3, 8, 8)),
     "inception": (Inceptionish, (2, 3, 8, 8)),
     "convnext": (ConvNeXtish, (2, 3, 8, 8)),

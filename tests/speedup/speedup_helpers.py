@@ -45,7 +45,7 @@ def filter_masks(model: nn.Module, dummy: torch.Tensor, ratio: float, seed: int 
     modules = dict(model.named_modules())
     after = bn_after(model)
     masks: dict = {}
-    for group in sorted(ChannelDependency(model, dummy).dependency_sets, key=sorted):
+    for group in sorted(ChannelDependency(model, dummy, depthwise=True).dependency_sets, key=sorted):
         if any(name in skip for name in group):
             continue
         count = modules[next(iter(group))].weight.shape[0]

@@ -71,15 +71,16 @@ def test_chain_exact_shapes_and_same_function():
     assert_same_function(model, reference, (2, 3, 6, 6))
 
 
-def test_unmasked_batchnorm_bias_keeps_the_constant_channel():
+def test_unmasked_batchnorm_bias_keeps_the_constant_channel_before_a_padded_conv():
     model = fresh_chain()
-    masks = chain_masks(model, bn_bias=False)
+    masks = chain_masks(model, bn_bias=False)  # channels 0, 2, 5 become b1.bias: -0.08, 0.45, -0.13
     reference = masked_copy(model, masks)
     speedup = ModelSpeedup(model, DUMMY, masks)
-    with pytest.warns(UserWarning, match="removed nothing"):
+    with pytest.warns(UserWarning, match="kept pruned channels: channels that are constant, not zero"):
         speedup.speedup_model()
-    assert model.c1.out_channels == 8
-    assert any("constant, not zero" in reason for reason in speedup.summary.kept_by)
+    assert model.c1.out_channels == 6  # relu makes channels 0 and 5 zero: they go; channel 2 stays
+    (reason,) = speedup.summary.kept_by
+    assert "Conv2d module 'c2'" in reason and "zero padding" in reason
     assert_same_function(model, reference, (2, 3, 6, 6))
 
 
@@ -460,3 +461,18 @@ def test_training_only_branches_shrink_with_their_inputs_and_the_model_still_tra
     out, aux = model(torch.randn(4, 3, 6, 6))
     (out.sum() + aux.sum()).backward()
     assert model.aux[2].weight.grad.shape == (3, 5) and model.c1.weight.grad.shape == (5, 3, 3, 3)
+
+
+def test_a_training_branch_that_fails_on_dummy_input_is_reported():
+    torch.manual_seed(0)
+    model = randomize_bn(AuxNet())
+    model.aux[0] = nn.AvgPool2d(8)  # needs inputs of at least 8x8; DUMMY is 6x6
+    masks = {"c2": {"weight": torch.ones(8, 8, 3, 3), "bias": torch.ones(8)}}
+    masks["c2"]["weight"][:2] = 0
+    masks["c2"]["bias"][:2] = 0
+    reference = masked_copy(model, masks)
+    speedup = ModelSpeedup(model, DUMMY, masks)
+    with pytest.warns(UserWarning, match=r"modules aux never ran on dummy_input \(in training mode the model failed"):
+        speedup.speedup_model()
+    assert model.c2.out_channels == 6
+    assert_same_function(model, reference, (2, 3, 6, 6))

@@ -72,7 +72,7 @@ def check_construction(algo: str, model: nn.Module, config_list: Any, supplies_f
     try:
         cls(probe, copy.deepcopy(config_list), **supplies_for(probe).arguments(cls))
     except ConfigError as exc:
-        raise CommandLineError(f"--algo {algo!r}: {cls.__name__} refuses what the job gives it: "
+        raise CommandLineError(f"--algo {algo!r} cannot prune {type(model).__name__}: {cls.__name__}: "
                                + "; ".join(exc.errors)) from exc
 
 

@@ -150,18 +150,20 @@ class TinyStream(nn.Module):
 
 
 class TinyAttention(nn.Module):
-    """Four 4x4 patches -> width 8 -> one self-attention layer (2 heads) -> 3 classes."""
+    """Four 4x4 patches -> width 8 -> one self-attention layer (2 heads of 4) -> 3 classes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.embed = nn.Linear(16, 8)
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x.unfold(2, 4, 4).unfold(3, 4, 4).reshape(x.shape[0], 4, 16))
-        h = h + self.attn(h, h, h, need_weights=False)[0]
-        return self.head(h.mean(dim=1))
+        n, t, _ = h.shape
+        q, k, v = (proj(h).view(n, t, 2, -1).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        attended = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, -1)
+        return self.head((h + self.o(attended)).mean(dim=1))
 
 
 def make_tiny_stream() -> nn.Module:
@@ -221,7 +223,7 @@ def test_every_registered_pruner_runs_from_the_job(algo, tmp_path, capsys, monke
     model = first_model_it_prunes(algo, tmp_path / "probe")
     if model != "tests.conftest:make_tiny_cnn":  # it says, in one line, why it cannot prune the CNN
         status, _, stderr = run_job(capsys, *TINY, "--algo", algo, "--output", str(tmp_path / "cnn"), "--quiet")
-        assert status == 2 and stderr.startswith(f"nncore compress: error: --algo {algo!r}")
+        assert status == 2 and stderr.startswith(f"nncore compress: error: --algo {algo!r} cannot prune TinyCNN")
         assert stderr.count("\n") == 1
     out = tmp_path / algo
     status, stdout, stderr = run_job(capsys, *TINY, "--model", model, "--algo", algo, "--output", str(out), "--quiet")

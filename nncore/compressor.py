@@ -20,8 +20,8 @@ from nncore.artifacts import MaskDict, atomic_write, input_spec, keep_metadata, 
 from nncore.config import LayerConfig, build_schema, resolve_config_list, schema_errors
 from nncore.config.schema import message_order, to_json_like
 from nncore.errors import ConfigError, NncoreError, PluginError
-from nncore.hookspecs import PROJECT_NAME, lifecycle, pruning, quantization
-from nncore.wrapper import ModuleWrapper, release_masks
+from nncore.hookspecs import PROJECT_NAME, hookimpl, lifecycle, pruning, quantization
+from nncore.wrapper import ModuleWrapper, QuantizerModuleWrapper, has_weight, release_masks
 
 INSTANCE_HOOKSPECS = (pruning, quantization, lifecycle)
 PUBLIC_BROADCASTS = ("update_epoch", "step")
@@ -141,6 +141,10 @@ class Compressor:
             return "it has no weight parameter"
         return None
 
+    def layer_errors(self, layers: tuple[LayerConfig, ...]) -> list[str]:
+        """Problems of resolved layers that depend on both the module and its options (none here)."""
+        return []
+
     def _validate_and_resolve(self, config_list: Any) -> tuple[LayerConfig, ...]:
         errors = schema_errors(self.json_schema(), config_list)
         if not errors:
@@ -160,6 +164,7 @@ class Compressor:
             unsupported_reason=self.unsupported_reason,
             errors=errors,
         )
+        errors.extend(self.layer_errors(layers))
         if errors:
             raise ConfigError(sorted(_dedupe(errors), key=message_order), header=f"invalid config_list for {type(self).__name__}")
         return layers
@@ -406,7 +411,244 @@ def onnx_export_bytes(model: nn.Module, input_shape: Sequence[int], device: torc
     return buffer.getvalue()
 
 
+# -- quantization --------------------------------------------------------------------------------
+
+QUANT_TYPES = ("weight", "input", "output")
+MAX_BITS = 32
+
+
+def quant_config_schema(
+    quant_types: Sequence[str] = QUANT_TYPES,
+    default_bits: int = 8,
+    max_bits: int = MAX_BITS,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``config_schema`` of a quantizer: ``quant_types`` (required), ``quant_bits`` and ``extra``.
+
+    ``quant_bits`` is an int or a dict; JSON Schema applies ``minimum``/``maximum`` to the int
+    form only and ``propertyNames``/``additionalProperties`` to the dict form only, so each
+    violation gets a precise message (``config_list[0].quant_bits.weight: 0 is less than ...``).
+    """
+    bits = {"type": "integer", "minimum": 1, "maximum": max_bits}
+    properties = {
+        "quant_types": {
+            "type": "array", "items": {"enum": list(quant_types)}, "minItems": 1, "uniqueItems": True,
+            "description": "What to quantize: the layer's weight, its (first) input, its output.",
+        },
+        "quant_bits": {
+            "type": ["integer", "object"], "minimum": 1, "maximum": max_bits,
+            "propertyNames": {"enum": list(QUANT_TYPES)}, "additionalProperties": bits,
+            "default": default_bits,
+            "description": "Bits of every quantized type, or a dict {'weight': 8, 'output': 4}.",
+        },
+        **(extra or {}),
+    }
+    return {"properties": properties, "required": ["quant_types"]}
+
+
+def quant_bits_errors(config_list: list[dict[str, Any]]) -> list[str]:
+    """Cross-key problems: a ``quant_bits`` dict that names a type not in ``quant_types``,
+    or leaves one of them without bits."""
+    errors = []
+    for index, entry in enumerate(config_list):
+        bits, types = entry.get("quant_bits"), entry.get("quant_types")
+        if entry.get("exclude") or not isinstance(bits, dict) or types is None:
+            continue
+        for key in bits:
+            if key not in types:
+                errors.append(f"config_list[{index}].quant_bits.{key}: {key!r} is not in quant_types {types}")
+        for key in types:
+            if key not in bits:
+                errors.append(f"config_list[{index}].quant_bits: no bits for {key!r}, which is in quant_types")
+    return errors
+
+
 class Quantizer(Compressor):
-    """Base of quantization algorithms (the quantizers issue builds their wrapper and export)."""
+    """Base of quantization algorithms, built-in and third-party: wraps the selected layers in
+    :class:`~nncore.wrapper.QuantizerModuleWrapper`, whose forward asks the ``quantize_weight`` /
+    ``quantize_input`` / ``quantize_output`` hooks; counts steps; exports weights, calibration
+    and ONNX.
+
+    An algorithm sets ``name`` and ``config_schema`` (from :func:`quant_config_schema`) and
+    implements the hooks it needs. Config keys common to every quantizer (NNI's names):
+    ``quant_types`` (a list of ``'weight'``, ``'input'``, ``'output'``) and ``quant_bits`` (an int
+    in 1..32 for every type, or a dict keyed by the types in ``quant_types``).
+
+    :param model: the model to quantize.
+    :param config_list: ``quant_types``, ``quant_bits`` and the algorithm's own keys.
+    :param optimizer: optional; if given, :meth:`step` is called after each ``optimizer.step()``
+        (as NNI does), and algorithms with learnable quantization parameters (LSQ) add them to it.
+    :param dummy_input: optional example input (used by algorithms that need the graph, e.g.
+        QAT's BatchNorm folding).
+    :param plugins: extra hook implementations (see :mod:`nncore.hookspecs`).
+    """
 
     kind: ClassVar[str] = "quantizer"
+    default_op_types: ClassVar[tuple[str, ...]] = ("Conv1d", "Conv2d", "Linear")
+    config_schema: ClassVar[dict[str, Any]] = quant_config_schema()
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config_list: Sequence[dict[str, Any]],
+        optimizer: torch.optim.Optimizer | None = None,
+        dummy_input: Any = None,
+        *,
+        plugins: Iterable[Any] = (),
+    ):
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}",
+                              header="invalid argument")
+        self.optimizer = optimizer
+        self.dummy_input = dummy_input
+        self.steps = 0
+        self._optimizer_hook: Any = None
+        super().__init__(model, config_list, plugins=plugins)
+
+    @hookimpl(specname="validate_config")
+    def check_quant_bits(self, config_list: list[dict[str, Any]]) -> list[str]:
+        return quant_bits_errors(config_list)
+
+    @classmethod
+    def unsupported_reason(cls, module: nn.Module) -> str | None:
+        """Any module may have its input and output quantized (ReLU6, pooling, ...); a weight
+        only where there is one (see :meth:`layer_errors`)."""
+        if cls.supported_op_types is not None and type(module).__name__ not in cls.supported_op_types:
+            return f"{cls.__name__} supports only {', '.join(cls.supported_op_types)}"
+        return None
+
+    def layer_errors(self, layers: tuple[LayerConfig, ...]) -> list[str]:
+        """A ``'weight'`` quant type on a module that has no weight parameter."""
+        return [
+            f"config_list[{layer.index}]: cannot quantize the weight of {layer.name!r} ({layer.op_type}): "
+            "it has no weight parameter; quantize its 'input' or 'output' instead"
+            for layer in layers
+            if "weight" in (layer.get("quant_types") or ()) and not has_weight(self.bound_model.get_submodule(layer.name))
+        ]
+
+    def make_wrapper(self, module: nn.Module, config: LayerConfig) -> QuantizerModuleWrapper:
+        parameter = next(module.parameters(), next(self.bound_model.parameters(), None))
+        device = parameter.device if parameter is not None else "cpu"
+        return QuantizerModuleWrapper(module, config.name, config, self, device)
+
+    def compress(self) -> nn.Module:
+        """Wrap the selected layers; from now on the model computes quantized."""
+        self._wrap_model()
+        self.after_wrap()
+        if self.optimizer is not None:
+            self._optimizer_hook = self.optimizer.register_step_post_hook(lambda *_: self.step())
+        return self.bound_model
+
+    def after_wrap(self) -> None:
+        """Called once the layers are wrapped (algorithms add their state here)."""
+
+    def step(self) -> None:
+        """Count a finished mini-batch and broadcast the ``step`` hook."""
+        self.steps += 1
+        super().step()
+
+    def unwrap_model(self) -> nn.Module:
+        """Put the original modules back (folded BatchNorms too); the float weights stay."""
+        if self._optimizer_hook is not None:
+            self._optimizer_hook.remove()
+            self._optimizer_hook = None
+        for wrapper in self.wrappers.values():
+            if wrapper.bn is not None:
+                set_submodule(self.bound_model, wrapper.bn_name, wrapper.bn)
+        return super().unwrap_model()
+
+    # -- export ------------------------------------------------------------------------------
+
+    def _require_wrapped(self, what: str) -> None:
+        if not self.wrappers:
+            raise NncoreError(f"{type(self).__name__}.{what}: call compress() first")
+
+    def clean_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state_dict under the original model's keys, weights holding their quantized
+        values (with the modules' versions in ``_metadata``, so it loads into any model of the
+        original class)."""
+        self._require_wrapped("clean_state_dict")
+        state: dict[str, torch.Tensor] = {}
+        versions: dict[str, Any] = {}
+        written: set[str] = set()
+        source = self.bound_model.state_dict()
+        for key, value in source.items():
+            owner = next((name for name in self.wrappers if key.startswith(name + ".")), None)
+            if owner is None:
+                state[key] = value.detach().clone()
+            elif owner not in written:
+                written.add(owner)
+                for name, module in self.wrappers[owner].original_modules().items():
+                    original = module.state_dict(prefix=f"{name}.")
+                    state.update(original)
+                    versions.update({prefix.rstrip("."): value for prefix, value in original._metadata.items()})
+
+        def unwrapped(prefix: str) -> str | None:
+            inside = any(prefix == name or prefix.startswith(name + ".") for name in self.wrappers)
+            return None if inside else prefix
+
+        result = keep_metadata(state, source, unwrapped)
+        result._metadata.update(versions)  # type: ignore[attr-defined]
+        return result
+
+    def calibration_config(self) -> dict[str, dict[str, Any]]:
+        """``{layer name: {'weight_bits', 'weight_scale', 'weight_zero_point', 'min_weight',
+        'max_weight', 'input_bits', 'tracked_min_input', 'tracked_max_input', 'output_bits',
+        'tracked_min_output', 'tracked_max_output'}}`` (keys of the types the layer quantizes;
+        ``'folded_batchnorm'``: the BatchNorm whose effect the tracked output already includes)."""
+        self._require_wrapped("calibration_config")
+        return {name: wrapper.calibration() for name, wrapper in self.wrappers.items()}
+
+    def export_model(
+        self,
+        model_path: str,
+        calibration_path: str | None = None,
+        onnx_path: str | None = None,
+        input_shape: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Write the quantized weights, and optionally the calibration config and an ONNX model.
+
+        Every file is produced in memory first and written atomically; the model stays wrapped.
+
+        :param model_path: state_dict with the original model's keys, weights quantized.
+        :param calibration_path: the calibration config (see :meth:`calibration_config`).
+        :param onnx_path: ONNX export of the fake-quantized model (needs ``input_shape``).
+        :param input_shape: shape of the dummy input for the ONNX export, e.g. ``[1, 1, 28, 28]``.
+        :param device: device of the dummy input (default: the model's).
+        :return: the calibration config.
+        """
+        self._require_wrapped("export_model")
+        if onnx_path is not None and input_shape is None:
+            raise ConfigError("export_model: onnx_path needs input_shape, e.g. [1, 3, 32, 32]", header="invalid argument")
+        onnx_bytes = onnx_export_bytes(self.bound_model, input_shape, device) if onnx_path else None
+        calibration = self.calibration_config()
+        state = self.clean_state_dict()
+        save_torch(state, model_path)
+        if calibration_path is not None:
+            save_torch(calibration, calibration_path)
+        if onnx_path is not None:
+            atomic_write(onnx_path, lambda handle: handle.write(onnx_bytes))
+        return calibration
+
+    def inference_model(self) -> nn.Module:
+        """A plain copy of the model for deployment: quantized (BatchNorm-folded) weights, no wrappers.
+
+        Its layer names match the keys of :meth:`calibration_config`; hand both to
+        :func:`nncore.speedup.export_int8_onnx`.
+        """
+        self._require_wrapped("inference_model")
+        return without_quantizer_wrappers(self.bound_model)
+
+
+def without_quantizer_wrappers(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in which every quantizer wrapper is replaced by its
+    :meth:`~nncore.wrapper.QuantizerModuleWrapper.inference_modules` (``model`` itself is not touched)."""
+    wrappers = [m for m in model.modules() if isinstance(m, QuantizerModuleWrapper)]
+    replacements: dict[str, nn.Module] = {}
+    for wrapper in wrappers:
+        replacements.update(wrapper.inference_modules())
+    plain = copy.deepcopy(model, memo={id(w): nn.Identity() for w in wrappers})
+    for name, module in replacements.items():
+        set_submodule(plain, name, module)
+    return plain

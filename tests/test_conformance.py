@@ -105,6 +105,7 @@ def constructor_arguments(cls: type, model: nn.Module, tmp_path) -> dict[str, An
         "evaluator": lambda: (lambda m: float(-m(torch.ones(*INPUT_SHAPE)).detach().abs().mean())),
         "short_term_fine_tuner": lambda: (lambda m, *args, **kwargs: None),
         "dummy_input": lambda: torch.randn(*INPUT_SHAPE),
+        "calibration_data": lambda: [torch.randn(*INPUT_SHAPE)],
         "experiment_data_dir": lambda: str(tmp_path),
     }
     parameters = inspect.signature(cls).parameters

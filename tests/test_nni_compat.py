@@ -15,7 +15,7 @@ from nncore.builtin_pruners import (
     FPGMPruner, L1FilterPruner, L2FilterPruner, LevelPruner, LotteryTicketPruner, NetAdaptPruner,
     SimulatedAnnealingPruner, SlimPruner, TaylorFOWeightFilterPruner,
 )
-from nncore.builtin_quantizers import BNNQuantizer, DoReFaQuantizer, NaiveQuantizer, QAT_Quantizer
+from nncore.builtin_quantizers import BNNQuantizer, DoReFaQuantizer, NaiveQuantizer, PtqQuantizer, QAT_Quantizer
 from nncore.errors import ArtifactError, ConfigError
 from nncore.speedup import ModelSpeedup, apply_compression_results
 from nncore.utils import ChannelDependency, GroupDependency, SensitivityAnalysis, fix_mask_conflict
@@ -197,6 +197,25 @@ def test_exported_state_dicts_load_into_modules_that_read_their_version(tmp_path
     fresh = VersionedNet()
     fresh.load_state_dict(state)
     assert torch.equal(fresh.conv.weight, model.conv.module.weight)
+
+
+@pytest.mark.parametrize("quantizer", ["qat", "ptq"])
+def test_quantizer_state_dicts_load_into_modules_that_read_their_version(tmp_path, quantizer):
+    model = VersionedNet()
+    config = [{"quant_types": ["weight", "output"], "quant_bits": 8, "op_names": ["conv", "fc"]}]
+    batches = [torch.randn(2, 1, 6, 6) for _ in range(2)]
+    if quantizer == "qat":
+        compressor = QAT_Quantizer(model, config, torch.optim.SGD(model.parameters(), lr=0.1))
+    else:
+        compressor = PtqQuantizer(model, config, batches)
+    compressor.compress()
+    model(batches[0])
+    compressor.export_model(str(tmp_path / "model.pth"), str(tmp_path / "calibration.pth"))
+    state = torch.load(tmp_path / "model.pth", weights_only=True)
+    assert state._metadata["conv"]["version"] == 3 and not any(".module" in key for key in state._metadata)
+    fresh = VersionedNet()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.conv.weight, state["conv.weight"])
 
 
 def test_lottery_rewinds_modules_that_read_their_version():

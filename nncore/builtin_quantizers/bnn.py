@@ -5,9 +5,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from nncore.builtin_quantizers.base import BaseQuantizer, QuantizerModuleWrapper, quant_config_schema
 from nncore.builtin_quantizers.functional import ste
+from nncore.compressor import Quantizer, quant_config_schema
 from nncore.hookspecs import hookimpl
+from nncore.wrapper import QuantizerModuleWrapper
 
 
 def binarize(x: torch.Tensor) -> torch.Tensor:
@@ -20,7 +21,7 @@ def binarize_activation(x: torch.Tensor) -> torch.Tensor:
     return ste(torch.clamp(x, -1.0, 1.0), binarize(x))
 
 
-class BNNQuantizer(BaseQuantizer):
+class BNNQuantizer(Quantizer):
     """Binarizes weights and/or activations to {-1, +1} with the straight-through estimator.
 
     After each :meth:`step` the real-valued weights are clipped to [-1, 1] (Algorithm 1 of the

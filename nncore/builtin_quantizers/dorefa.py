@@ -5,9 +5,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from nncore.builtin_quantizers.base import BaseQuantizer, QuantizerModuleWrapper, quant_config_schema
 from nncore.builtin_quantizers.functional import ste_round
+from nncore.compressor import Quantizer, quant_config_schema
 from nncore.hookspecs import hookimpl
+from nncore.wrapper import QuantizerModuleWrapper
 
 
 def dorefa_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
@@ -22,7 +23,7 @@ def dorefa_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return 2 * ste_round(normalized * levels) / levels - 1
 
 
-class DoReFaQuantizer(BaseQuantizer):
+class DoReFaQuantizer(Quantizer):
     """Quantizes weights to ``2^bits`` evenly spaced values in [-1, 1] (DoReFa-Net).
 
     ``config_list`` keys: ``quant_types`` (``['weight']``), ``quant_bits``.

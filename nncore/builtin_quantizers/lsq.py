@@ -6,9 +6,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from nncore.builtin_quantizers.base import BaseQuantizer, QuantizerModuleWrapper, quant_config_schema
 from nncore.builtin_quantizers.functional import integer_range, ste, ste_round
+from nncore.compressor import Quantizer, quant_config_schema
 from nncore.hookspecs import hookimpl
+from nncore.wrapper import QuantizerModuleWrapper
 
 
 def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -19,7 +20,7 @@ def lsq_quantize(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> t
     return ste_round(torch.clamp(x / step, qmin, qmax)) * step
 
 
-class LsqQuantizer(BaseQuantizer):
+class LsqQuantizer(Quantizer):
     """Quantizes with a step size per quantized tensor that is learned by gradient descent.
 
     Weights are signed (``[-2^(b-1), 2^(b-1) - 1]``); an activation is unsigned (``[0, 2^b - 1]``)
@@ -38,7 +39,7 @@ class LsqQuantizer(BaseQuantizer):
     def after_wrap(self) -> None:
         steps = []
         for wrapper in self.wrappers.values():
-            device = wrapper.module.weight.device
+            device = wrapper.tracked_batches.device
             for kind in wrapper.bits:
                 step = nn.Parameter(torch.ones((), device=device))
                 wrapper.register_parameter(f"{kind}_step", step)

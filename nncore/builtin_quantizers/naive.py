@@ -5,15 +5,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from nncore.builtin_quantizers.base import BaseQuantizer, QuantizerModuleWrapper, quant_config_schema
 from nncore.builtin_quantizers.qat import quantize_weight_tensor
+from nncore.compressor import Quantizer, quant_config_schema
 from nncore.hookspecs import hookimpl
+from nncore.wrapper import QuantizerModuleWrapper
 
 _schema = quant_config_schema(("weight",))
 _schema["properties"]["quant_types"]["default"] = ["weight"]
 
 
-class NaiveQuantizer(BaseQuantizer):
+class NaiveQuantizer(Quantizer):
     """Quantizes each selected layer's weight to ``quant_bits`` (default 8) signed levels:
     ``scale = max|w| / (2^(bits-1) - 1)``, round to nearest, straight-through gradient.
 

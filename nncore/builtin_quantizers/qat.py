@@ -6,8 +6,6 @@ from typing import Any, ClassVar, Mapping
 import torch
 import torch.nn as nn
 
-from nncore.builtin_quantizers.base import BaseQuantizer, QuantizerModuleWrapper, quant_config_schema
-from nncore.utils.batchnorm import find_following_batchnorms
 from nncore.builtin_quantizers.functional import (
     affine_qparams,
     channel_view,
@@ -16,8 +14,10 @@ from nncore.builtin_quantizers.functional import (
     symmetric_scale,
     tensor_range,
 )
-from nncore.compressor import set_submodule
+from nncore.compressor import Quantizer, quant_config_schema, set_submodule
 from nncore.hookspecs import hookimpl
+from nncore.utils.batchnorm import find_following_batchnorms
+from nncore.wrapper import QuantizerModuleWrapper
 
 WEIGHT_SCHEMES = ("per_tensor_affine", "per_tensor_symmetric", "per_channel_affine", "per_channel_symmetric")
 
@@ -45,7 +45,16 @@ def quantize_weight_tensor(weight: torch.Tensor, bits: int, scheme: str) -> tupl
     return quantized, scale.reshape(-1), zero_point.reshape(-1)
 
 
-class QAT_Quantizer(BaseQuantizer):
+def fold_batchnorms(quantizer: Quantizer, pairs: dict[str, str]) -> None:
+    """Fold each BatchNorm of ``pairs`` (``{layer name: BatchNorm name}``, from
+    :func:`~nncore.utils.batchnorm.find_following_batchnorms`) into the wrapped layer before it;
+    the BatchNorm's place in the model becomes ``nn.Identity`` (``unwrap_model`` puts it back)."""
+    for name, bn_name in pairs.items():
+        quantizer.wrappers[name].fold_batchnorm(quantizer.bound_model.get_submodule(bn_name), bn_name)
+        set_submodule(quantizer.bound_model, bn_name, nn.Identity())
+
+
+class QAT_Quantizer(Quantizer):
     """Simulates integer inference while training (Jacob et al., 2018).
 
     Weights are fake-quantized with their current range (per tensor by default; set
@@ -61,7 +70,10 @@ class QAT_Quantizer(BaseQuantizer):
     weight before quantization (batch statistics while training, running ones in eval mode).
 
     ``config_list`` keys: ``quant_types``, ``quant_bits``, ``quant_start_step`` (default 0),
-    ``quant_scheme`` (weights; default ``'per_tensor_affine'``).
+    ``quant_scheme`` (weights; default ``'per_tensor_affine'``). Modules without weight (ReLU,
+    ReLU6, pooling ...) may quantize their input and output, as in NNI's example
+    ``{'quant_types': ['output'], 'quant_bits': 8, 'op_types': ['ReLU6']}``; their ranges go into
+    the calibration config, and :func:`nncore.speedup.export_int8_onnx` uses them.
 
     >>> quantizer = QAT_Quantizer(model, [{"quant_types": ["weight", "input", "output"],
     ...                                    "quant_bits": 8, "op_types": ["default"]}], optimizer)
@@ -80,20 +92,13 @@ class QAT_Quantizer(BaseQuantizer):
     })
 
     def compress(self) -> nn.Module:
-        self._batchnorms = (
-            find_following_batchnorms(
-                self.bound_model, [c.name for c in self.layer_configs], self.dummy_input if isinstance(self.dummy_input, tuple) else (self.dummy_input,)
-            )
-            if self.dummy_input is not None else {}
-        )
+        weighted = [c.name for c in self.layer_configs if "weight" in c["quant_types"]]
+        dummy = self.dummy_input if isinstance(self.dummy_input, tuple) else (self.dummy_input,)
+        self._batchnorms = find_following_batchnorms(self.bound_model, weighted, dummy) if self.dummy_input is not None else {}
         return super().compress()
 
     def after_wrap(self) -> None:
-        for name, bn_name in self._batchnorms.items():
-            if "weight" not in self.wrappers[name].bits:
-                continue
-            self.wrappers[name].fold_batchnorm(self.bound_model.get_submodule(bn_name), bn_name)
-            set_submodule(self.bound_model, bn_name, nn.Identity())
+        fold_batchnorms(self, self._batchnorms)
 
     def quantizing(self, wrapper: QuantizerModuleWrapper) -> bool:
         """Whether ``quant_start_step`` has been reached for this layer."""

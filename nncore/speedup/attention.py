@@ -50,7 +50,7 @@ class AttentionGroup:
 # -- finding attention in a captured graph -------------------------------------------------------
 _PASS = {"contiguous", "to", "float", "half", "bfloat16", "type_as", "clone", "detach", "transpose", "permute",
          "mul", "add", "sub", "div", "neg", "getitem", "expand", "unsqueeze", "squeeze", "cat", "dropout",
-         "masked_fill", "where", "view", "reshape", "flatten", "split", "chunk", "unbind", "t"}
+         "masked_fill", "where", "view", "reshape", "flatten", "split", "chunk", "unbind", "t", "repeat_interleave"}
 _SCORES = {"mul", "div", "add", "sub", "masked_fill", "where", "to", "float", "type_as", "dropout", "contiguous"}
 
 

@@ -326,6 +326,13 @@ def call_function(ctx: Context, node: fx.Node, value: Any) -> Any:
         dim = norm_dim(_arg(args, kwargs, 1, "dim", 0), first.ndim)
         ctx.classes.pin(first.slots[dim], f"{ctx.op_label(node)} (unbinds channels)")
         return tuple(first.select(dim, i) for i in range(len(value)))
+    if name == "repeat_interleave" and isinstance(_arg(args, kwargs, 1, "repeats"), int):
+        dim = _arg(args, kwargs, 2, "dim")
+        if dim is not None:
+            dim, repeats = norm_dim(int(dim), first.ndim), int(_arg(args, kwargs, 1, "repeats"))
+            slots, zeros = list(first.slots), list(first.zero)
+            slots[dim], zeros[dim] = np.repeat(first.slots[dim], repeats), np.repeat(first.zero[dim], repeats)
+            return TInfo(slots, zeros)
     if name in ("expand", "expand_as", "broadcast_to"):
         out = elementwise(ctx, [first], value, "first")
         return out

@@ -1,51 +1,63 @@
-"""Real int8: a quantized model and its calibration become an int8 ONNX model for ONNX Runtime.
+"""Real int8: a quantized (or plain float) model becomes an int8 ONNX model for ONNX Runtime.
 
-``export_int8_onnx(model, calibration, onnx_path, input_shape)``:
+``export_int8_onnx(model, calibration, onnx_path, input_shape=None, *, dummy_input=None, mode="static")``:
 
 1. Deployable float copy: quantizer wrappers give back their layers holding the quantized
    weights (``inference_modules()``), and every BatchNorm that directly follows a Conv/Linear
    is folded into it.
-2. ONNX export (TorchScript exporter) and ONNX Runtime's ``quant_pre_process`` (shape
+2. ONNX export of that copy (below), then ONNX Runtime's ``quant_pre_process`` (shape
    inference and graph optimization).
-3. QDQ insertion with the ranges the quantizer learned -- no second calibration:
+3. ``mode="static"``: QDQ nodes with the ranges of the calibration config, no second
+   calibration (:mod:`nncore.speedup.int8_static`); ``mode="dynamic"``: Linear layers get
+   weights quantized offline and activations quantized at run time, the calibration is
+   optional (:mod:`nncore.speedup.int8_dynamic`).
 
-   * the input of a calibrated layer: the layer's ``tracked_*_input`` range;
-   * the output of a calibrated layer, or of an ``Add``, after the ``Relu`` that follows it
-     (the ``Relu`` is removed: a zero point of 0 clamps like it): the tracked input range of
-     the calibrated layers that read it (through ``MaxPool``/``Flatten``/``Reshape``), else the
-     layer's ``tracked_*_output`` range (pushed through a BatchNorm folded at export);
-   * ``MaxPool`` keeps its input's parameters; ``GlobalAveragePool`` and ``AveragePool`` take
-     their readers' range.
+**How the model is exported.** ``torch.onnx.export(..., dynamo=False)``, the TorchScript
+exporter, with ``dynamic_axes``. On torch 2.13 with Hugging Face transformers 5.x it exports
+``BertModel(BertConfig(...))`` and ``LlamaForCausalLM(LlamaConfig(...))`` in about a second,
+and the graph gives the model's output (to 1e-6) at other batch sizes and sequence lengths.
+Its node names carry the module scopes (``/model/encoder/layer.0/attention/self/query/MatMul``),
+which is how the calibration's layers are found in the graph. ``dynamo=True`` was tried and
+not chosen: it needs ``onnxscript``, which is no dependency of nncore and is absent here; with it
+installed, the same tiny BERT took about 50 s to export, a batch of 1 in the example was
+specialized to a fixed batch of 1 (torch.export's 0/1 specialization), and node names lose the
+module scopes (``node_MatMul_50``). One limit of the TorchScript exporter: a Llama called with
+``use_cache=False`` and no ``attention_mask`` runs ``torch.diff`` (packed-sequence detection),
+which it cannot export; give ``attention_mask`` in ``dummy_input``, or leave ``use_cache`` on.
 
-   Activations are uint8 (affine), weights int8 per output channel (symmetric; 7-bit with
-   ``reduce_range`` to avoid the int16 saturation of u8s8 kernels on CPUs without VNNI), biases
-   int32. A tensor without a known range stays float, and so does its layer.
-
-ONNX Runtime then fuses the QDQ pattern into ``QLinearConv``, ``QLinearAdd``, ``QGemm``, ...
+The exported module wraps the model: tensors of ``dummy_input`` become the graph inputs (named by
+their keys; one tensor is ``input``), its other values are passed as constants, and the outputs
+are the tensors the model returns (a ``ModelOutput``'s by their keys; a cache or other non-tensor
+is dropped; one tensor is ``output``). Dynamic axes: by default the batch and sequence axes
+(0 and 1) of integer inputs (token ids, attention masks); ``dynamic_axes`` sets them per input.
 """
 from __future__ import annotations
 
+import inspect
+import io
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import onnx
 import torch
 import torch.nn as nn
-from onnx import helper, numpy_helper
 
 from nncore.artifacts import PathLike, atomic_write, load_torch
-from nncore.utils.batchnorm import find_following_batchnorms, fold_batchnorm
-from nncore.compressor import set_submodule, onnx_export_bytes
-from nncore.errors import ArtifactError, ConfigError
+from nncore.compressor import set_submodule, without_quantizer_wrappers
+from nncore.errors import ArtifactError, ConfigError, SpeedupError
+from nncore.speedup.int8_dynamic import DynamicRewriter
+from nncore.speedup.int8_static import QdqRewriter
+from nncore.speedup.onnx_graph import Scopes
+from nncore.utils.batchnorm import find_following_batchnorms
+from nncore.wrapper import fold_batchnorm
 
-__all__ = ["export_int8_onnx", "load_calibration"]
+__all__ = ["export_float_onnx", "export_int8_onnx", "load_calibration"]
 
-LAYER_OPS = ("Conv", "Gemm")
-RANGE_PRESERVING = ("MaxPool", "Flatten", "Reshape", "Identity", "Squeeze", "Unsqueeze")
-AVERAGING = ("GlobalAveragePool", "AveragePool")
-Range = tuple[float, float]
+MODES = ("static", "dynamic")
+WRAPPED = "model"
+"""The attribute under which the exported wrapper holds the model (the first scope of every node)."""
 
 
 def load_calibration(calibration: PathLike | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -64,21 +76,103 @@ def load_calibration(calibration: PathLike | Mapping[str, Any]) -> dict[str, dic
     return {name: dict(entry) for name, entry in data.items()}
 
 
-# -- 1. the deployable float model -------------------------------------------------------------
+# -- 1. example inputs and the deployable float model -------------------------------------------
 
-def deployable_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, dict[str, nn.Module]]:
+class ExampleInputs:
+    """What the model is called with: graph inputs (named tensors), constants, dynamic axes.
+
+    :param input_shape: a float input of this shape (random values), or
+    :param dummy_input: a tensor, a tuple/list of tensors (positional), or a dict of keyword
+        inputs (tensors become graph inputs, other values constants).
+    :param dynamic_axes: ``{input name: [axes]}``; default: axes 0 and 1 of integer inputs.
+    """
+
+    def __init__(self, input_shape: Sequence[int] | None, dummy_input: Any,
+                 dynamic_axes: Mapping[str, Sequence[int]] | None, device: torch.device):
+        if (input_shape is None) == (dummy_input is None):
+            raise ConfigError("give input_shape (a float input of that shape) or dummy_input (the model's inputs), "
+                              "exactly one of them", header="invalid argument")
+        if input_shape is not None:
+            if not (isinstance(input_shape, (list, tuple)) and input_shape
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+                raise ConfigError(f"input_shape must be a list of positive ints, got {input_shape!r}",
+                                  header="invalid argument")
+            dummy_input = torch.randn(*input_shape)
+        self.keywords = isinstance(dummy_input, Mapping)
+        if isinstance(dummy_input, torch.Tensor):
+            items = {"input": dummy_input}
+        elif isinstance(dummy_input, (tuple, list)) and dummy_input and all(isinstance(t, torch.Tensor) for t in dummy_input):
+            items = {f"input_{i}": t for i, t in enumerate(dummy_input)}
+        elif self.keywords and dummy_input and all(isinstance(k, str) for k in dummy_input):
+            items = dict(dummy_input)
+        else:
+            raise ConfigError(f"dummy_input must be a tensor, a tuple/list of tensors or a dict of keyword inputs, "
+                              f"got {type(dummy_input).__name__}", header="invalid argument")
+        self.tensors = {k: v.to(device) for k, v in items.items() if isinstance(v, torch.Tensor)}
+        self.constants = {k: v for k, v in items.items() if not isinstance(v, torch.Tensor)}
+        if not self.tensors:
+            raise ConfigError("dummy_input holds no tensor", header="invalid argument")
+        unknown = sorted(set(dynamic_axes or {}) - set(self.tensors))
+        if unknown:
+            raise ConfigError(f"dynamic_axes names inputs that dummy_input does not have: {', '.join(unknown)} "
+                              f"(inputs: {', '.join(self.tensors)})", header="invalid argument")
+        if dynamic_axes is None:
+            dynamic_axes = {k: [0, 1][: t.dim()] for k, t in self.tensors.items() if not t.is_floating_point()}
+        self.dynamic_axes = {k: {int(a): f"{k}_dim{int(a)}" for a in axes} for k, axes in dynamic_axes.items() if axes}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def call(self, model: nn.Module, *tensors: torch.Tensor) -> Any:
+        if self.keywords:
+            return model(**dict(zip(self.tensors, tensors)), **self.constants)
+        return model(*tensors)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}: {list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for k, t in self.tensors.items())
+
+
+def _output_tensors(output: Any, name: str = "output") -> list[tuple[str, torch.Tensor]]:
+    """The tensors of a model's output with names: a tensor, a tuple/list, a dict or ``ModelOutput``."""
+    if isinstance(output, torch.Tensor):
+        return [(name, output)]
+    if isinstance(output, Mapping):
+        return [pair for key, value in output.items() for pair in _output_tensors(value, str(key))]
+    if isinstance(output, (tuple, list)):
+        return [pair for i, value in enumerate(output) for pair in _output_tensors(value, f"{name}_{i}")]
+    return []
+
+
+class _Exportable(nn.Module):
+    """The model called with the example's inputs, returning only the tensors of its output."""
+
+    def __init__(self, model: nn.Module, example: ExampleInputs):
+        super().__init__()
+        setattr(self, WRAPPED, model)
+        self.example = example
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t for _, t in _output_tensors(self.example.call(getattr(self, WRAPPED), *tensors)))
+
+
+def deployable_model(model: nn.Module, example: ExampleInputs) -> tuple[nn.Module, dict[str, nn.Module]]:
     """A float copy of ``model`` without quantizer wrappers and with BatchNorms folded (in eval mode).
 
     Returns the copy and ``{layer name: BatchNorm}`` for the BatchNorms folded here.
     """
-    # imported here: nncore.builtin_quantizers imports nncore.utils, which imports nncore.speedup
-    from nncore.builtin_quantizers.base import without_quantizer_wrappers
-
     plain = without_quantizer_wrappers(model)
     plain.eval()
     layers = [n for n, m in plain.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
-    device = next((p.device for p in plain.parameters()), torch.device("cpu"))
-    pairs = find_following_batchnorms(plain, layers, (torch.zeros(*input_shape, device=device),))
+    try:
+        with torch.no_grad():
+            example.call(plain, *example.tensors.values())
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's model on the example
+        raise ConfigError(f"the model cannot be run on the example input ({example.describe()}): "
+                          f"{type(exc).__name__}: {exc}", header="invalid argument") from exc
+    arguments = () if example.keywords else tuple(example.tensors.values())
+    keywords = {**example.tensors, **example.constants} if example.keywords else {}
+    pairs = find_following_batchnorms(plain, layers, arguments, keywords)
     folded = {}
     with torch.no_grad():
         for layer_name, bn_name in pairs.items():
@@ -91,278 +185,124 @@ def deployable_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.M
     return plain, folded
 
 
-# -- 2. ranges ---------------------------------------------------------------------------------
-
-def _activation_qparams(low: float, high: float) -> tuple[float, int]:
-    low, high = min(low, 0.0), max(high, 0.0)
-    scale = max((high - low) / 255.0, 1e-12)
-    return scale, int(np.clip(round(-low / scale), 0, 255))
-
-
-def _output_range(entry: Mapping[str, Any], bn: nn.Module | None) -> Range | None:
-    if "output_bits" not in entry:
-        return None
-    low, high = float(entry["tracked_min_output"]), float(entry["tracked_max_output"])
-    if bn is None or entry.get("folded_batchnorm"):
-        return low, high
-    # the tracked range is before the BatchNorm folded at export: bound it channel by channel
-    with torch.no_grad():
-        factor = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-        beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)
-        ends = torch.stack([(low - bn.running_mean) * factor + beta, (high - bn.running_mean) * factor + beta])
-    return float(ends.min()), float(ends.max())
-
-
-class _Graph:
-    """Indexes of an ONNX graph: producers, consumers, initializers."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.graph = model.graph
-        self.reindex()
-
-    def reindex(self) -> None:
-        self.initializers = {t.name: t for t in self.graph.initializer}
-        self.outputs = {o.name for o in self.graph.output}
-        self.producer = {out: node for node in self.graph.node for out in node.output}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-        for node in self.graph.node:
-            for index, name in enumerate(node.input):
-                self.consumers.setdefault(name, []).append((node, index))
-
-    def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
-        uses = self.consumers.get(tensor, [])
-        return uses[0][0] if len(uses) == 1 and tensor not in self.outputs else None
+def _onnx_bytes(plain: nn.Module, example: ExampleInputs) -> tuple[bytes, Scopes]:
+    """The TorchScript export of ``plain`` on the example, and the scopes of its nodes."""
+    wrapper = _Exportable(plain, example).eval()
+    result: list[Any] = []
+    with torch.no_grad():  # the wrapper writes no scope of its own: calling the model directly names the same scopes
+        scopes = Scopes.record(wrapper, lambda: result.append(example.call(plain, *example.tensors.values())),
+                               prefix=WRAPPED)
+    outputs = [name for name, _ in _output_tensors(result[0])]
+    if not outputs:
+        raise ConfigError("the model returns no tensor to export", header="invalid argument")
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, tuple(example.tensors.values()), buffer, dynamo=False,
+                              input_names=example.names, output_names=outputs, dynamic_axes=example.dynamic_axes)
+    except Exception as exc:  # noqa: BLE001 - the exporter's own errors name the unsupported operator
+        hint = ""
+        if "attention_mask" not in example.tensors and "attention_mask" in inspect.signature(plain.forward).parameters:
+            hint = ("; Hugging Face decoders (Llama) export only with an attention mask: "
+                    "dummy_input={'input_ids': ids, 'attention_mask': torch.ones_like(ids)}")
+        raise SpeedupError(f"ONNX export of the model failed: {type(exc).__name__}: {exc}{hint}") from exc
+    return buffer.getvalue(), scopes
 
 
-class _Int8Rewriter:
-    def __init__(self, model: onnx.ModelProto, calibration: dict[str, dict[str, Any]],
-                 bn_folded: dict[str, nn.Module], reduce_range: bool):
-        self.g = _Graph(model)
-        self.calibration = calibration
-        self.bn_folded = bn_folded
-        self.weight_qmax = 63 if reduce_range else 127
-        self.layers = {}  # node name -> calibration key
-        for node in self.g.graph.node:
-            if node.op_type in LAYER_OPS and len(node.input) > 1:
-                key = node.input[1][: -len(".weight")] if node.input[1].endswith(".weight") else None
-                if key in calibration and node.input[1] in self.g.initializers:
-                    self.layers[node.name] = key
-        self.qparams: dict[str, tuple[float, int]] = {}
+def _prepared(float_bytes: bytes) -> onnx.ModelProto:
+    """ONNX Runtime's ``quant_pre_process`` of a model: ONNX shape inference and graph
+    optimization (ONNX Runtime's symbolic shape inference is skipped: it gives up on the
+    dynamic sequence axes of Hugging Face models)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    def input_range(self, node: onnx.NodeProto) -> Range | None:
-        entry = self.calibration.get(self.layers.get(node.name, ""), {})
-        if "input_bits" not in entry:
-            return None
-        return float(entry["tracked_min_input"]), float(entry["tracked_max_input"])
-
-    def readers_range(self, tensor: str) -> Range | None:
-        """Union of the tracked input ranges of every calibrated layer that reads ``tensor``
-        (through range-preserving ops); ``None`` if anything else reads it."""
-        uses = self.g.consumers.get(tensor, [])
-        if not uses or tensor in self.g.outputs:
-            return None
-        ranges = []
-        for node, index in uses:
-            if node.name in self.layers and index == 0 and self.input_range(node) is not None:
-                ranges.append(self.input_range(node))
-            elif node.op_type in RANGE_PRESERVING and index == 0:
-                ranges.append(self.readers_range(node.output[0]))
-            else:
-                return None
-        if any(r is None for r in ranges):
-            return None
-        return min(r[0] for r in ranges), max(r[1] for r in ranges)
-
-    def sum_range(self, add: onnx.NodeProto) -> Range | None:
-        """A bound of an ``Add``'s output from the quantization ranges of its two inputs."""
-        params = [self.qparams.get(name) for name in add.input]
-        if len(params) != 2 or any(p is None for p in params):
-            return None
-        ranges = [(-zero_point * scale, (255 - zero_point) * scale) for scale, zero_point in params]
-        return ranges[0][0] + ranges[1][0], ranges[0][1] + ranges[1][1]
-
-    # the passes, in order
-
-    def assign_outputs(self) -> None:
-        """In graph order: outputs of calibrated layers and of Adds (a following Relu fused
-        away), then pools whose input is quantized."""
-        for node in list(self.g.graph.node):
-            if node.name in self.layers or node.op_type == "Add":
-                self.assign_output(node)
-            else:
-                self.assign_pool(node)
-
-    def assign_output(self, node: onnx.NodeProto) -> None:
-        relu = self.g.only_consumer(node.output[0])
-        fused = relu is not None and relu.op_type == "Relu" and relu.output[0] not in self.g.outputs
-        target = relu.output[0] if fused else node.output[0]
-        found = self.readers_range(target)
-        if found is None and node.name in self.layers:
-            found = _output_range(self.calibration[self.layers[node.name]], self.bn_folded.get(self.layers[node.name]))
-        if found is None and node.op_type == "Add":
-            found = self.sum_range(node)
-        if found is None:
-            return
-        if fused:  # zero point 0 clamps at 0 like the Relu: the layer writes the Relu's output
-            found = (0.0, max(found[1], 0.0))
-            node.output[0] = target
-            self.g.graph.node.remove(relu)
-            self.g.reindex()
-        self.qparams[target] = _activation_qparams(*found)
-
-    def assign_pool(self, node: onnx.NodeProto) -> None:
-        if not node.input or node.input[0] not in self.qparams or node.output[0] in self.qparams:
-            return
-        if node.op_type == "MaxPool":
-            self.qparams[node.output[0]] = self.qparams[node.input[0]]
-        elif node.op_type in AVERAGING:
-            found = self.readers_range(node.output[0])
-            if found is not None:
-                self.qparams[node.output[0]] = _activation_qparams(*found)
-
-    def assign_inputs(self) -> None:
-        """Inputs of calibrated layers that are still float (e.g. the model input)."""
-        for node in list(self.g.graph.node):
-            if node.name in self.layers and self.input_range(node) is not None and node.input[0] not in self.qparams:
-                found = self.readers_range(node.input[0]) or self.input_range(node)
-                self.qparams[node.input[0]] = _activation_qparams(*found)
-            else:
-                self.assign_pool(node)
-
-    def _add_initializer(self, name: str, array: np.ndarray) -> str:
-        self.g.graph.initializer.append(numpy_helper.from_array(array, name))
-        return name
-
-    def insert_activation_qdq(self) -> None:
-        new_nodes = []
-        for tensor, (scale, zero_point) in self.qparams.items():
-            s = self._add_initializer(f"{tensor}/scale", np.array(scale, dtype=np.float32))
-            z = self._add_initializer(f"{tensor}/zero_point", np.array(zero_point, dtype=np.uint8))
-            if tensor in self.g.outputs:
-                source, result = f"{tensor}/float", tensor
-                producer = self.g.producer[tensor]
-                producer.output[list(producer.output).index(tensor)] = source
-            else:
-                source, result = tensor, f"{tensor}/dq"
-                for consumer, index in self.g.consumers.get(tensor, []):
-                    consumer.input[index] = result
-            new_nodes += [
-                helper.make_node("QuantizeLinear", [source, s, z], [f"{tensor}/q"], name=f"{tensor}/QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [f"{tensor}/q", s, z], [result], name=f"{tensor}/DequantizeLinear"),
-            ]
-        self.g.graph.node.extend(new_nodes)
-        self.g.reindex()
-
-    def quantize_layer_parameters(self) -> None:
-        """int8 weights (per output channel) and int32 biases for layers whose input is quantized."""
-        new_nodes = []
-        for node in self.g.graph.node:
-            if node.name not in self.layers:
-                continue
-            x = self.g.producer.get(node.input[0])
-            if x is None or x.op_type != "DequantizeLinear":
-                continue
-            x_scale = float(numpy_helper.to_array(self.g.initializers[x.input[1]]))
-            weight_name = node.input[1]
-            weight = numpy_helper.to_array(self.g.initializers[weight_name]).astype(np.float64)
-            axis = 1 if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute) else 0
-            moved = np.moveaxis(weight, axis, 0)
-            absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-            w_scale = np.maximum(absmax / self.weight_qmax, 1e-12)
-            shape = [-1 if d == axis else 1 for d in range(weight.ndim)]
-            w_int = np.clip(np.round(weight / w_scale.reshape(shape)), -self.weight_qmax, self.weight_qmax).astype(np.int8)
-            prefix = f"{self.layers[node.name]}.weight"
-            new_nodes.append(helper.make_node(
-                "DequantizeLinear",
-                [self._add_initializer(f"{prefix}/int8", w_int),
-                 self._add_initializer(f"{prefix}/scale", w_scale.astype(np.float32)),
-                 self._add_initializer(f"{prefix}/zero_point", np.zeros_like(w_int, shape=w_scale.shape))],
-                [f"{prefix}/dq"], name=f"{prefix}/DequantizeLinear", axis=axis))
-            node.input[1] = f"{prefix}/dq"
-            if len(node.input) > 2 and node.input[2] in self.g.initializers:
-                bias = numpy_helper.to_array(self.g.initializers[node.input[2]]).astype(np.float64)
-                b_scale = x_scale * w_scale
-                b_int = np.round(bias / b_scale).astype(np.int32)
-                bias_prefix = f"{self.layers[node.name]}.bias"
-                new_nodes.append(helper.make_node(
-                    "DequantizeLinear",
-                    [self._add_initializer(f"{bias_prefix}/int32", b_int),
-                     self._add_initializer(f"{bias_prefix}/scale", b_scale.astype(np.float32)),
-                     self._add_initializer(f"{bias_prefix}/zero_point", np.zeros_like(b_int))],
-                    [f"{bias_prefix}/dq"], name=f"{bias_prefix}/DequantizeLinear", axis=0))
-                node.input[2] = f"{bias_prefix}/dq"
-        self.g.graph.node.extend(new_nodes)
-        self._drop_unused_initializers()
-
-    def _drop_unused_initializers(self) -> None:
-        used = {name for node in self.g.graph.node for name in node.input}
-        for tensor in list(self.g.graph.initializer):
-            if tensor.name not in used:
-                self.g.graph.initializer.remove(tensor)
-
-    def rewrite(self) -> onnx.ModelProto:
-        self.assign_outputs()
-        self.assign_inputs()
-        self.insert_activation_qdq()
-        self.quantize_layer_parameters()
-        sorted_model = _topological(self.g.model)
-        onnx.checker.check_model(sorted_model)
-        return sorted_model
+    with tempfile.TemporaryDirectory() as directory:
+        float_path, prepared_path = Path(directory, "float.onnx"), Path(directory, "prepared.onnx")
+        float_path.write_bytes(float_bytes)
+        quant_pre_process(str(float_path), str(prepared_path), skip_symbolic_shape=True)
+        return onnx.load(str(prepared_path))
 
 
-def _topological(model: onnx.ModelProto) -> onnx.ModelProto:
-    graph = model.graph
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ArtifactError("int8 export produced a graph with a cycle or a dangling input")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-            pending.remove(node)
-    del graph.node[:]
-    graph.node.extend(ordered)
-    return model
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-# -- 3. the entry point ------------------------------------------------------------------------
+# -- 2. the entry points ------------------------------------------------------------------------
+
+def export_float_onnx(
+    model: nn.Module,
+    onnx_path: PathLike,
+    input_shape: Sequence[int] | None = None,
+    *,
+    dummy_input: Any = None,
+    dynamic_axes: Mapping[str, Sequence[int]] | None = None,
+) -> Path:
+    """Write the float ONNX model that :func:`export_int8_onnx` starts from (quantizer wrappers
+    removed, BatchNorms folded, the same inputs, outputs and dynamic axes): the fp32 baseline,
+    and what ONNX Runtime's own ``quantize_static`` / ``quantize_dynamic`` take.
+
+    :return: ``onnx_path`` as a :class:`~pathlib.Path`.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}", header="invalid argument")
+    example = ExampleInputs(input_shape, dummy_input, dynamic_axes, _device(model))
+    plain, _ = deployable_model(model, example)
+    data, _ = _onnx_bytes(plain, example)
+    return atomic_write(onnx_path, lambda handle: handle.write(data))
+
 
 def export_int8_onnx(
     model: nn.Module,
-    calibration: PathLike | Mapping[str, Any],
+    calibration: PathLike | Mapping[str, Any] | None,
     onnx_path: PathLike,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | None = None,
     *,
+    dummy_input: Any = None,
+    mode: str = "static",
+    dynamic_axes: Mapping[str, Sequence[int]] | None = None,
     reduce_range: bool = True,
 ) -> Path:
-    """Write an int8 (QDQ) ONNX model that ONNX Runtime runs with integer kernels.
+    """Write an int8 ONNX model that ONNX Runtime runs with integer kernels (see the module docstring).
 
     :param model: a model quantized by an nncore quantizer (wrapped), or a plain float model
         (e.g. unwrapped, or pruned and sped up) whose layer names match the calibration keys.
     :param calibration: the calibration config (a dict, or the path written by
-        ``export_model(calibration_path=...)``); its tracked ranges are used as they are.
-    :param onnx_path: where to write the model (atomically).
-    :param input_shape: the input shape, e.g. ``[1, 3, 224, 224]``.
+        ``export_model(calibration_path=...)``); ``mode="static"`` uses its tracked ranges as they
+        are; ``mode="dynamic"`` quantizes the Linear layers it names with weights (``None``: every
+        Linear layer).
+    :param onnx_path: where to write the model (atomically: a failure leaves no file behind).
+    :param input_shape: the shape of a float input, e.g. ``[1, 3, 224, 224]``; or
+    :param dummy_input: the model's example input, for inputs that are not one float tensor: token
+        ids, ``{'input_ids': ids, 'attention_mask': mask}`` (keyword inputs), a tuple of tensors.
+    :param mode: ``"static"`` (QDQ from the calibration: CNNs) or ``"dynamic"`` (activations
+        quantized at run time: BERT/Llama-like models, dynamic sequence lengths).
+    :param dynamic_axes: ``{input name: [axes]}`` that may change size at run time (default: axes
+        0 and 1 of integer inputs; ``{}`` for none).
     :param reduce_range: 7-bit weights, which avoids int16 saturation in ONNX Runtime's u8s8
         kernels on CPUs without VNNI (the weights are requantized per channel either way).
     :return: ``onnx_path`` as a :class:`~pathlib.Path`.
+    :raises ConfigError: a bad argument (mode, calibration, inputs the model cannot run).
+    :raises SpeedupError: the exporter cannot export the model.
     """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}", header="invalid argument")
-    calibration = load_calibration(calibration)
-    plain, bn_folded = deployable_model(model, input_shape)
-    missing = sorted(set(calibration) - {n for n, _ in plain.named_modules()})
+    if mode not in MODES:
+        raise ConfigError(f"mode: {mode!r} is not 'static' or 'dynamic'", header="invalid argument")
+    if calibration is None and mode == "static":
+        raise ConfigError("mode='static' needs the calibration config of a quantizer (its tracked ranges); "
+                          "use mode='dynamic' to quantize without one", header="invalid argument")
+    calibration = None if calibration is None else load_calibration(calibration)
+    example = ExampleInputs(input_shape, dummy_input, dynamic_axes, _device(model))
+    plain, bn_folded = deployable_model(model, example)
+    missing = sorted(set(calibration or {}) - {n for n, _ in plain.named_modules()})
     if missing:
         raise ConfigError(f"calibration names layers the model does not have: {', '.join(missing)}", header="invalid argument")
-    with tempfile.TemporaryDirectory() as directory:
-        float_path, prepared_path = Path(directory, "float.onnx"), Path(directory, "prepared.onnx")
-        float_path.write_bytes(onnx_export_bytes(plain, input_shape))
-        quant_pre_process(str(float_path), str(prepared_path))
-        prepared = onnx.load(str(prepared_path))
-    int8 = _Int8Rewriter(prepared, calibration, bn_folded, reduce_range).rewrite()
-    return atomic_write(onnx_path, lambda handle: handle.write(int8.SerializeToString()))
+    float_bytes, scopes = _onnx_bytes(plain, example)
+    prepared = _prepared(float_bytes)
+    if mode == "static":
+        int8 = QdqRewriter(prepared, calibration, bn_folded, reduce_range, scopes).rewrite()
+    else:
+        weighted = None if calibration is None else {k for k, v in calibration.items() if "weight_bits" in v}
+        int8 = DynamicRewriter(prepared, reduce_range, scopes, weighted).rewrite()
+    data = int8.SerializeToString()
+    return atomic_write(onnx_path, lambda handle: handle.write(data))

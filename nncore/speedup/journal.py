@@ -43,8 +43,8 @@ def mask_weights(model: nn.Module, masks: MaskDict, journal: Journal, skip_weigh
     for name, entry in masks.items():
         module = model.get_submodule(name)
         journal.touch(module)
-        for key in ("weight", "bias"):
-            mask, param = entry.get(key), getattr(module, key, None)
+        for key, mask in entry.items():
+            param = getattr(module, key, None)
             if key == "weight" and name in skip_weights:
                 continue
             if mask is not None and param is not None:
@@ -58,10 +58,10 @@ def filter_masks(masks: MaskDict) -> dict[str, torch.Tensor]:
     (every row all ones or all zeros). Those weights need no full multiplication."""
     found = {}
     for name, entry in masks.items():
-        mask = entry["weight"].detach()
-        if mask.dim() < 2 or not mask.is_floating_point():
+        mask = entry.get("weight")
+        if mask is None or mask.dim() < 2 or not mask.is_floating_point():
             continue
-        flat = mask.reshape(mask.shape[0], -1)
+        flat = mask.detach().reshape(mask.shape[0], -1)
         rows = flat @ flat.new_ones(flat.shape[1])
         if bool(((rows == 0) | (rows == flat.shape[1])).all()):  # 0/1 masks: full rows are all ones
             found[name] = rows == 0

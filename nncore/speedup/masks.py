@@ -27,8 +27,7 @@ def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDic
         if isinstance(module, ModuleWrapper):
             raise ArtifactError(f"{source}: {name!r} is still wrapped by the pruner; call pruner.unwrap_model() "
                                 "before speedup")
-        for key in ("weight", "bias"):
-            mask = entry.get(key)
+        for key, mask in entry.items():
             param = getattr(module, key, None)
             if mask is None:
                 continue
@@ -42,12 +41,11 @@ def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDic
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: MaskDict) -> None:
-    """Multiply every masked weight and bias by its mask, in place."""
+    """Multiply every masked parameter (weight, bias, ``in_proj_weight`` ...) by its mask, in place."""
     modules = dict(model.named_modules())
     for name, entry in masks.items():
         module = modules[name]
-        for key in ("weight", "bias"):
-            mask = entry.get(key)
+        for key, mask in entry.items():
             if mask is not None:
                 param = getattr(module, key)
                 param.mul_(mask.to(device=param.device, dtype=param.dtype))

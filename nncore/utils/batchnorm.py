@@ -1,5 +1,6 @@
 """BatchNorm helpers shared by pruning and quantization: which BatchNorm directly consumes a
-layer's output (one forward pass, or a ``torch.fx`` trace), and folding a BatchNorm into it."""
+layer's output (one forward pass, or a ``torch.fx`` trace), and folding a BatchNorm into it
+(:func:`fold_batchnorm`, re-exported from :mod:`nncore.wrapper`, whose quantizer wrapper folds)."""
 from __future__ import annotations
 
 from typing import Any, Iterable
@@ -7,7 +8,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from nncore.wrapper import ModuleWrapper
+from nncore.wrapper import ModuleWrapper, batchnorm_factor, fold_batchnorm  # noqa: F401 - the arithmetic lives in the core
 
 BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -117,29 +118,3 @@ def find_following_batchnorms(
                 followers[conv_name] = consumer
                 break
     return followers
-
-
-def batchnorm_factor(bn: nn.Module, var: torch.Tensor) -> torch.Tensor:
-    """Per-channel ``gamma / sqrt(var + eps)``."""
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
-    return gamma / torch.sqrt(var + bn.eps)
-
-
-def fold_batchnorm(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    bn: nn.Module,
-    mean: torch.Tensor | None = None,
-    var: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of the layer that computes ``bn(layer(x))`` in one step.
-
-    ``mean`` and ``var`` default to the BatchNorm's running statistics.
-    """
-    mean = bn.running_mean if mean is None else mean
-    var = bn.running_var if var is None else var
-    factor = batchnorm_factor(bn, var)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(mean)
-    bias = torch.zeros_like(mean) if bias is None else bias
-    folded_weight = weight * factor.reshape(-1, *([1] * (weight.dim() - 1)))
-    return folded_weight, beta + (bias - mean) * factor

@@ -612,9 +612,6 @@ def test_a_wrapped_multihead_attention_deep_copies_with_its_masks():
     assert clone.attn.module.in_proj_weight[:8].reshape(4, -1).eq(0).all(dim=1).sum() == 2
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="nncore.speedup reads entry['weight'] of every mask entry (journal.filter_masks), and an "
-                          "nn.MultiheadAttention's entry has in_proj_weight instead")
 def test_speedup_removes_multihead_attention_heads_from_the_pruners_masks():
     from nncore.speedup import ModelSpeedup
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 import nncore
-from nncore.builtin_quantizers import BNNQuantizer, DoReFaQuantizer, LsqQuantizer, NaiveQuantizer, QAT_Quantizer
+from nncore.builtin_quantizers import BNNQuantizer, DoReFaQuantizer, LsqQuantizer, NaiveQuantizer, PtqQuantizer, QAT_Quantizer
 from nncore.errors import ConfigError
 from tests.conftest import assert_untouched, snapshot
 
@@ -80,4 +80,6 @@ def test_registry_names_and_seed_class_names():
     assert nncore.get_compressor("dorefa") is DoReFaQuantizer
     assert nncore.get_compressor("bnn") is BNNQuantizer
     assert nncore.get_compressor("lsq") is LsqQuantizer
-    assert all(cls.kind == "quantizer" for cls in (NaiveQuantizer, QAT_Quantizer, DoReFaQuantizer, BNNQuantizer, LsqQuantizer))
+    assert nncore.get_compressor("ptq") is PtqQuantizer
+    assert all(cls.kind == "quantizer"
+               for cls in (NaiveQuantizer, QAT_Quantizer, DoReFaQuantizer, BNNQuantizer, LsqQuantizer, PtqQuantizer))

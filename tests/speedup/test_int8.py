@@ -10,8 +10,8 @@ from onnx import numpy_helper
 
 from nncore.artifacts import save_torch
 from nncore.builtin_quantizers import QAT_Quantizer
-from nncore.errors import ArtifactError, ConfigError
-from nncore.speedup.int8 import export_int8_onnx, load_calibration
+from nncore.errors import ArtifactError, ConfigError, SpeedupError
+from nncore.speedup.int8 import export_float_onnx, export_int8_onnx, load_calibration
 
 from tests.builtin_quantizers.helpers import make_convnet, run_training_batches
 
@@ -115,3 +115,75 @@ def test_prune_speed_up_quantize_and_run_int8_end_to_end(tmp_path):
     got = run(path, x)
     assert np.abs(got - expected).max() <= 0.05 * (expected.max() - expected.min())
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.85
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"mode": "fast"}, "mode: 'fast' is not 'static' or 'dynamic'"),
+    ({"calibration": None}, "mode='static' needs the calibration config of a quantizer"),
+    ({"input_shape": None}, "give input_shape (a float input of that shape) or dummy_input (the model's inputs), exactly one"),
+    ({"dummy_input": torch.randn(*SHAPE)}, "give input_shape (a float input of that shape) or dummy_input"),
+    ({"input_shape": [1, 3, 8, 8]}, "the model cannot be run on the example input (input: [1, 3, 8, 8] float32): RuntimeError"),
+    ({"input_shape": [1, 0, 8]}, "input_shape must be a list of positive ints, got [1, 0, 8]"),
+    ({"input_shape": None, "dummy_input": "x"}, "dummy_input must be a tensor, a tuple/list of tensors or a dict"),
+    ({"dynamic_axes": {"pixels": [0]}}, "dynamic_axes names inputs that dummy_input does not have: pixels (inputs: input)"),
+])
+def test_bad_arguments_are_config_errors_and_write_nothing(kwargs, message, tmp_path):
+    model, quantizer = qat_model(batches=1)
+    target = tmp_path / "int8.onnx"
+    target.write_bytes(b"previous content")
+    arguments = {"model": model, "calibration": quantizer.calibration_config(), "onnx_path": target,
+                 "input_shape": SHAPE, **kwargs}
+    with pytest.raises(ConfigError) as caught:
+        export_int8_onnx(**arguments)
+    assert any(error.startswith(message) for error in caught.value.errors), caught.value.errors
+    assert target.read_bytes() == b"previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]  # no temporary file left
+
+
+def test_a_failing_export_leaves_no_file(tmp_path):
+    class Unexportable(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.eigvals(x).real  # no ONNX symbolic
+
+    with pytest.raises(SpeedupError, match="ONNX export of the model failed"):
+        export_int8_onnx(Unexportable(), None, tmp_path / "x.onnx", [2, 2], mode="dynamic")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_float_export_is_the_graph_int8_starts_from(tmp_path):
+    model, quantizer = qat_model()
+    path = export_float_onnx(model, tmp_path / "float.onnx", SHAPE)
+    graph = onnx.load(str(path)).graph
+    assert {n.op_type for n in graph.node} >= {"Conv", "Gemm"} and "BatchNormalization" not in {n.op_type for n in graph.node}
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        expected = quantizer.inference_model().eval()(x).numpy()
+    np.testing.assert_allclose(run(path, x), expected, atol=1e-5)
+
+
+class SameNames(torch.nn.Module):
+    """Layers with the same last name in a ModuleList of ModuleDicts, and a module called twice per block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.ModuleDict({"fc": torch.nn.Linear(4, 4), "act": torch.nn.ReLU6()}) for _ in range(2))
+        self.relu = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = self.relu(block["act"](block["fc"](x))) + self.relu(x)
+        return x
+
+
+def test_node_scopes_name_the_module_of_each_call_even_when_names_repeat():
+    from nncore.speedup.int8 import ExampleInputs, _onnx_bytes
+
+    model = SameNames().eval()
+    data, scopes = _onnx_bytes(model, ExampleInputs([2, 4], None, None, torch.device("cpu")))
+    assert {scope: name for scope, name in scopes.modules.items() if name} == {
+        "/model/fc": "blocks.0.fc", "/model/act": "blocks.0.act", "/model/relu": "relu", "/model/relu_1": "relu",
+        "/model/fc_1": "blocks.1.fc", "/model/act_1": "blocks.1.act", "/model/relu_2": "relu", "/model/relu_3": "relu"}
+    graph = onnx.load_from_string(data).graph
+    gemms = {scopes.node_module(node) for node in graph.node if node.op_type == "Gemm"}
+    assert gemms == {"blocks.0.fc", "blocks.1.fc"}

@@ -241,3 +241,33 @@ def test_channels_first_layer_norm_follows_the_stream(untraceable):
     assert model.norm1.normalized_shape == model.norm2.normalized_shape == (6,)
     assert model.head.weight.shape == (3, 6)
     assert model(torch.randn(3, 3, 8, 8)).shape == (3, 3)
+
+
+class InterleavedGQA(torch.nn.Module):
+    """Hand-written grouped-query attention: key/value heads repeated with repeat_interleave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = torch.nn.Linear(16, 16), torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+        self.o = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 4).transpose(1, 2)
+        k = self.k(x).view(b, n, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)
+        v = self.v(x).view(b, n, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(out.transpose(1, 2).reshape(b, n, 16))
+
+
+def test_repeat_interleave_grouped_query_attention():
+    torch.manual_seed(0)
+    model, x = InterleavedGQA().eval(), torch.randn(2, 5, 16)
+    group = find_attention_groups(model, x)[0]
+    assert (group.q, group.k, group.o, group.num_heads, group.num_kv_heads) == ("q", "k", "o", 4, 2)
+    masks = {}
+    mask_heads(masks, model, group, heads=[2, 3], kv_heads=[1])
+    reference = masked(model, masks)
+    ModelSpeedup(model, x, masks).speedup_model()
+    assert model.q.weight.shape == (8, 16) and model.k.weight.shape == (4, 16) and model.o.weight.shape == (16, 8)
+    assert_close(model(x), reference(x))

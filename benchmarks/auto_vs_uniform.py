@@ -18,10 +18,12 @@ import warnings
 
 import torch
 
-from nncore.auto import BudgetSearch, config_list_from, search_sparsities
+from nncore.jobs.search import BudgetSearch, config_list_from, search_sparsities
 from nncore.data import JobData, accuracy, digits_tensors, tensor_loaders, train_epochs
 from nncore.cli import text_table
-from nncore.main_job import compressed_cost, make_pruner, trained_baseline
+from nncore.jobs.baseline import trained_baseline
+from nncore.jobs.cost import compressed_cost
+from nncore.jobs.pruning import make_pruner
 from nncore.utils import count_flops_params
 from nncore.zoo import DigitsCNN
 

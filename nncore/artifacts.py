@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -33,6 +34,7 @@ def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None]) -> 
     directory.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual permissions
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -44,6 +46,12 @@ def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None]) -> 
     return target
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_torch(obj: Any, path: PathLike) -> Path:
     """``torch.save`` made atomic."""
     return atomic_write(path, lambda handle: torch.save(obj, handle))
@@ -52,14 +60,22 @@ def save_torch(obj: Any, path: PathLike) -> Path:
 def load_torch(path: PathLike, what: str, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``: never runs code from the file.
 
-    :raises ArtifactError: the file is missing or is not a torch file of plain tensors.
+    :raises ArtifactError: the file is missing, a directory, not a torch file (truncated, empty,
+        other bytes), or holds Python objects other than tensors and plain containers.
     """
+    if Path(path).is_dir():
+        raise ArtifactError(f"{what} {str(path)!r} is a directory, not a file")
     if not Path(path).is_file():
         raise ArtifactError(f"{what} {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu" if map_location is None else map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before refusing what is unsafe
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu" if map_location is None else map_location, weights_only=True)
     except Exception as exc:
-        raise ArtifactError(f"{what} {str(path)!r} cannot be read safely: {type(exc).__name__}: {exc}") from exc
+        if "Unsupported global" in str(exc):
+            raise ArtifactError(f"{what} {str(path)!r} cannot be read safely: it holds Python objects other than "
+                                "tensors, and loading them could run code") from exc
+        raise ArtifactError(f"{what} {str(path)!r}: not a {what} (truncated / empty / not a torch file)") from exc
 
 
 # -- state dicts ----------------------------------------------------------------------------------

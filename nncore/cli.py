@@ -1,7 +1,9 @@
-"""The ``nncore`` console script: list algorithms, print schemas, validate configs, run jobs.
+"""The ``nncore`` console script (also ``python -m nncore``): list algorithms, print schemas,
+validate configs, run jobs.
 
-Subcommands ``compress`` and ``auto`` live in :mod:`nncore.main_job` and :mod:`nncore.auto`;
-each such module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+The jobs ``compress`` and ``auto`` live in :mod:`nncore.jobs`: their options in the light
+:mod:`nncore.jobs.options` (no PyTorch import, so help and the first progress line come at once),
+their work in :mod:`nncore.jobs.compress` / :mod:`nncore.jobs.auto` (``run(args) -> int``).
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from typing import Any, Callable, Sequence
 
 from nncore.errors import ConfigError, NncoreError
 
-JOB_MODULES = {
-    "compress": ("nncore.main_job", "prune, fine-tune, speed up (and quantize) a model"),
-    "auto": ("nncore.auto", "search per-layer sparsities under a FLOPs or params budget"),
+# command: (NAME of add_NAME_arguments / describe_NAME / check_NAME_arguments in nncore.jobs.options,
+#           the module whose run(args) does the work, help)
+JOBS = {
+    "compress": ("compress", "nncore.jobs.compress", "prune, fine-tune, speed up (and quantize) a model"),
+    "auto": ("auto", "nncore.jobs.auto", "search per-layer sparsities under a FLOPs or params budget"),
 }
 
 
@@ -64,6 +68,8 @@ def build_model(spec: str | None) -> Any:
 def read_config_list(path: str) -> Any:
     """A config_list from a JSON file (or YAML, when PyYAML is installed)."""
     file = Path(path)
+    if file.is_dir():
+        raise CommandLineError(f"config file {path!r} is a directory, not a file")
     if not file.is_file():
         raise CommandLineError(f"config file {path!r} does not exist")
     text = file.read_text(encoding="utf-8")
@@ -120,35 +126,59 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to every option's help that has a default and does not name it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or default is None or default is False or default == argparse.SUPPRESS \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nncore`` command (subcommands included)."""
-    parser = argparse.ArgumentParser(prog="nncore", description="PyTorch model compression.")
+    from nncore import __version__
+    from nncore.jobs import options
+
+    parser = argparse.ArgumentParser(prog="nncore", description="PyTorch model compression.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nncore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    listing = commands.add_parser("list", help="list the registered compressors")
+    listing = commands.add_parser("list", help="list the registered compressors", formatter_class=HelpFormatter)
     listing.set_defaults(func=cmd_list)
 
-    schema = commands.add_parser("schema", help="print a compressor's config_list JSON Schema")
+    schema = commands.add_parser("schema", help="print a compressor's config_list JSON Schema",
+                                 formatter_class=HelpFormatter)
     schema.add_argument("name", help="registry name, e.g. agp")
     schema.set_defaults(func=cmd_schema)
 
-    validate = commands.add_parser("validate", help="check a config_list file against a model")
+    validate = commands.add_parser("validate", help="check a config_list file against a model",
+                                   formatter_class=HelpFormatter)
     validate.add_argument("config", help="config_list as JSON (or YAML)")
     validate.add_argument("--algo", required=True, help="registry name, e.g. level")
-    validate.add_argument("--model", help="module:callable returning the model (default: built-in DigitsCNN)")
+    validate.add_argument("--model", help="module:callable returning the model (default: the built-in DigitsCNN)")
     validate.set_defaults(func=cmd_validate)
 
-    for name, (module_name, help_text) in JOB_MODULES.items():
-        try:
-            job = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        sub = commands.add_parser(name, help=help_text)
-        job.add_arguments(sub)
-        sub.set_defaults(func=job.run)
+    for name, (job, module_name, help_text) in JOBS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+        getattr(options, f"add_{job}_arguments")(sub)
+        sub.set_defaults(func=_job_runner(module_name), describe=getattr(options, f"describe_{job}"),
+                         check=getattr(options, f"check_{job}_arguments"))
     return parser
+
+
+def _job_runner(module_name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        if not args.quiet:
+            print(f"nncore {args.command}: {args.describe(args)}", file=sys.stderr, flush=True)
+        args.check(args)  # the options that need no PyTorch, before the job's imports
+        return importlib.import_module(module_name).run(args)
+
+    return run
 
 
 def _one_line_warning(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
@@ -157,8 +187,8 @@ def _one_line_warning(message: Any, category: type, *args: Any, **kwargs: Any) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nncore`` console script; returns the exit status."""
-    warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -170,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"nncore {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

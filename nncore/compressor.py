@@ -75,6 +75,11 @@ class Compressor:
     config_schema: ClassVar[dict[str, Any]] = {"properties": {}, "required": []}
     default_op_types: ClassVar[tuple[str, ...]] = ()
     supported_op_types: ClassVar[tuple[str, ...] | None] = None
+    job_arguments: ClassVar[Mapping[str, str]] = {}
+    """Constructor arguments a job (``nncore compress``) passes: ``{parameter: supply}``, e.g.
+    ``{"trainer": "trainer"}``; the supplies are listed in :mod:`nncore.jobs.supplies`."""
+    job_config: ClassVar[Mapping[str, str]] = {}
+    """Keys of the config_list entry a job builds from ``--sparsity``: ``{key: value name}``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -245,6 +250,7 @@ class Pruner(Compressor):
     """
 
     kind: ClassVar[str] = "pruner"
+    job_config: ClassVar[Mapping[str, str]] = {"sparsity": "sparsity"}
     default_op_types: ClassVar[tuple[str, ...]] = (
         "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear",
     )
@@ -385,7 +391,8 @@ def check_input_shape(input_shape: Any) -> None:
 
 
 def onnx_export_bytes(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> bytes:
-    """The ONNX serialization of ``model`` (in eval mode) for a random input of ``input_shape``."""
+    """The ONNX serialization of ``model`` (in eval mode) for a random input of ``input_shape``;
+    the batch axis is dynamic (any batch size runs)."""
     check_input_shape(input_shape)
     if device is None:
         parameter = next(model.parameters(), None)
@@ -397,7 +404,8 @@ def onnx_export_bytes(model: nn.Module, input_shape: Sequence[int], device: torc
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (dummy,), buffer, dynamo=False, input_names=["input"], output_names=["output"])
+            torch.onnx.export(model, (dummy,), buffer, dynamo=False, input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     finally:
         model.train(was_training)
     return buffer.getvalue()

@@ -122,42 +122,72 @@ def load_job_data(spec: str | None, batch_size: int = DEFAULT_BATCH_SIZE, seed: 
     return data_from_callable(load_object(spec, "--data"), spec, batch_size, seed)
 
 
+def reseed(loader: Iterable[Any], seed: int) -> None:
+    """Restart the shuffling of a :class:`DataLoader` built here (seeded generator) at ``seed``, so
+    that a job step sees the same batches whether or not earlier steps (a cached baseline) ran."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(loader, DataLoader) and isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+
+
 # -- the standard loops -------------------------------------------------------------------------
+
+
+def train_one_epoch(
+    model: nn.Module, loader: Iterable[Any], optimizer: torch.optim.Optimizer,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, *,
+    callback: Callable[[], None] | None = None, on_step: Callable[[], None] | None = None,
+) -> float:
+    """One pass over ``loader`` in train mode; returns the mean loss per batch.
+
+    ``callback()`` runs between ``loss.backward()`` and ``optimizer.step()`` (NNI's trainer
+    contract, e.g. ADMM's proximal gradient) and ``on_step()`` after each step (a compressor's ``step``).
+    """
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+    model.train()
+    total, batches = 0.0, 0
+    for inputs, labels in loader:
+        optimizer.zero_grad()
+        loss = criterion(model(inputs), labels)
+        loss.backward()
+        if callback is not None:
+            callback()
+        optimizer.step()
+        if on_step is not None:
+            on_step()
+        total += loss.item()
+        batches += 1
+    return total / batches if batches else math.nan
 
 
 def train_epochs(
     model: nn.Module, loader: Iterable[Any], epochs: int, *, lr: float = 1e-2,
+    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
     on_epoch: Callable[[int], None] | None = None, on_step: Callable[[], None] | None = None,
     progress: str | None = None, verbose: bool = True,
 ) -> None:
-    """Train with Adam and cross-entropy for ``epochs`` epochs (a tqdm bar named ``progress``).
+    """Train with cross-entropy for ``epochs`` epochs (a tqdm bar named ``progress`` showing the
+    mean loss per batch of the last epoch).
 
-    ``on_epoch(epoch)`` runs before each epoch and ``on_step()`` after each optimizer step
-    (a compressor's ``update_epoch`` / ``step``).
+    ``optimizer`` defaults to Adam at ``lr`` and ``scheduler`` to cosine annealing over ``epochs``
+    (pass both to train with objects a compressor holds). ``on_epoch(epoch)`` runs before each
+    epoch and ``on_step()`` after each optimizer step (a compressor's ``update_epoch`` / ``step``).
     """
     from tqdm.auto import tqdm
 
     if epochs <= 0:
         return
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     bar = tqdm(range(epochs), desc=progress, disable=not verbose, leave=False, unit="epoch")
     for epoch in bar:
         if on_epoch is not None:
             on_epoch(epoch)
-        total = 0.0
-        for inputs, labels in loader:
-            optimizer.zero_grad()
-            loss = loss_fn(model(inputs), labels)
-            loss.backward()
-            optimizer.step()
-            if on_step is not None:
-                on_step()
-            total += loss.item()
-        scheduler.step()
-        bar.set_postfix(loss=f"{total:.3f}")
+        loss = train_one_epoch(model, loader, optimizer, on_step=on_step)
+        if scheduler is not None:
+            scheduler.step()
+        bar.set_postfix(loss=f"{loss:.3f}")
     model.eval()
 
 

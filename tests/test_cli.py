@@ -1,6 +1,7 @@
 """The nncore console script: list, schema, validate."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -86,3 +87,55 @@ def test_unknown_algorithm_and_broken_json_are_one_line_errors(capsys, tmp_path)
 def test_the_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "nncore.cli", "list"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "level" in result.stdout
+
+
+def test_version_and_python_dash_m(capsys):
+    import nncore
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"nncore {nncore.__version__}\n"
+    result = subprocess.run([sys.executable, "-m", "nncore", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == f"nncore {nncore.__version__}\n"
+
+
+def test_every_help_shows_the_defaults():
+    from nncore.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        text = "".join(sub.format_help().split())  # argparse wraps lines, even inside a word
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default:{action.default}" in text, (name, action.dest)
+    assert "(default: 0.5)" in subparsers.choices["compress"].format_help()
+
+
+def test_a_job_says_what_it_does_before_importing_torch(tmp_path):
+    spy = """
+import sys
+real = sys.stderr
+class Spy:
+    first = None
+    def write(self, text):
+        if Spy.first is None and text.strip():
+            Spy.first = text
+            real.write(f"torch imported: {'torch' in sys.modules}\\n")
+        return real.write(text)
+    def flush(self):
+        real.flush()
+sys.stderr = Spy()
+from nncore.cli import main
+sys.exit(main(["compress", "--epochs", "-1", "--output", "out"]))
+"""
+    result = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = result.stderr.splitlines()
+    assert lines[0] == "torch imported: False"
+    assert lines[1] == "nncore compress: l1 pruning (sparsity 0.5) of DigitsCNN on digits, results in out/"
+    assert lines[2] == "nncore compress: error: --epochs must be >= 0, got -1" and result.returncode == 2
+
+
+def test_a_directory_given_as_a_config_file_is_named_a_directory(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "validate", str(tmp_path), "--algo", "level")
+    assert code == 2 and err == f"nncore validate: error: config file {str(tmp_path)!r} is a directory, not a file\n"

@@ -102,7 +102,7 @@ def constructor_arguments(cls: type, model: nn.Module, tmp_path) -> dict[str, An
     known = {
         "optimizer": lambda: torch.optim.SGD(model.parameters(), lr=0.01),
         "trainer": lambda: tiny_trainer,
-        "evaluator": lambda: (lambda m: float(-m(torch.ones(*INPUT_SHAPE)).abs().mean())),
+        "evaluator": lambda: (lambda m: float(-m(torch.ones(*INPUT_SHAPE)).detach().abs().mean())),
         "short_term_fine_tuner": lambda: (lambda m, *args, **kwargs: None),
         "dummy_input": lambda: torch.randn(*INPUT_SHAPE),
         "calibration_data": lambda: [torch.randn(*INPUT_SHAPE)],

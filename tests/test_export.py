@@ -92,7 +92,7 @@ def test_a_file_that_is_not_a_mask_file_is_an_artifact_error(tmp_path):
     with pytest.raises(ArtifactError, match=r"state.pth.*entry 'conv1' has no mask tensor"):
         load_masks(tmp_path / "state.pth")
     (tmp_path / "text.pth").write_text("hello")
-    with pytest.raises(ArtifactError, match=r"text.pth' cannot be read safely"):
+    with pytest.raises(ArtifactError, match=r"text.pth': not a mask file \(truncated / empty / not a torch file\)"):
         load_masks(tmp_path / "text.pth")
     with pytest.raises(ArtifactError, match="does not exist"):
         load_masks(tmp_path / "missing.pth")
@@ -106,5 +106,8 @@ class Payload:
 def test_loading_never_executes_code_from_the_file(tmp_path):
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"conv1": {"weight": Payload()}}))
-    with pytest.raises(ArtifactError, match="cannot be read safely"):
+    with pytest.raises(ArtifactError, match="not a mask file"):  # a bare pickle is not a torch file
+        load_masks(path)
+    torch.save({"conv1": {"weight": Payload()}}, path)  # a torch file holding code: refused, never run
+    with pytest.raises(ArtifactError, match="cannot be read safely: it holds Python objects other than tensors"):
         load_masks(path)

@@ -120,6 +120,8 @@ class ADMMPruner(Pruner):
     """
 
     name: ClassVar[str] = "admm"
+    job_arguments: ClassVar[Mapping[str, str]] = {"trainer": "trainer", "num_iterations": "pruning_rounds",
+                                                  "training_epochs": "pruning_epochs", "verbose": "verbose"}
     config_schema: ClassVar[dict[str, Any]] = {
         "properties": {"sparsity": {**FRACTION, "exclusiveMaximum": 1,
                                     "description": "Fraction of each layer's weights to prune."}},

@@ -55,6 +55,8 @@ class AGPPruner(Pruner):
 
     name: ClassVar[str] = "agp"
     aliases: ClassVar[tuple[str, ...]] = ("AGP_Pruner",)
+    job_arguments: ClassVar[Mapping[str, str]] = {"optimizer": "optimizer"}
+    job_config: ClassVar[Mapping[str, str]] = {"final_sparsity": "sparsity", "end_epoch": "pruning_epochs"}
     config_schema: ClassVar[dict[str, Any]] = {
         "properties": {
             "initial_sparsity": {**FRACTION, "default": 0},

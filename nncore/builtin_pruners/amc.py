@@ -294,6 +294,12 @@ class AMCPruner(Pruner):
     """
 
     name: ClassVar[str] = "amc"
+    job_arguments: ClassVar[Mapping[str, str]] = {
+        "evaluator": "loader_evaluator", "val_loader": "test_data", "flops_ratio": "kept_fraction",
+        "train_episode": "search_steps", "warmup": "search_warmup", "output_dir": "output_dir", "seed": "seed",
+        "verbose": "verbose",
+    }
+    job_config: ClassVar[Mapping[str, str]] = {}  # the budget is flops_ratio, not a sparsity
     default_op_types: ClassVar[tuple[str, ...]] = ("Conv2d", "Linear")
     supported_op_types: ClassVar[tuple[str, ...] | None] = ("Conv2d", "Linear")
 

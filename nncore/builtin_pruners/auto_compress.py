@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import attrs
 import torch
@@ -70,6 +70,11 @@ class AutoCompressPruner(SearchPruner):
     """
 
     name: ClassVar[str] = "auto_compress"
+    job_arguments: ClassVar[Mapping[str, str]] = {
+        "trainer": "trainer", "evaluator": "evaluator", "dummy_input": "dummy_input", "num_iterations": "pruning_rounds",
+        "admm_num_iterations": "pruning_rounds", "admm_training_epochs": "pruning_epochs",
+        "experiment_data_dir": "output_dir", "seed": "seed", "verbose": "verbose",
+    }
 
     def __init__(
         self,

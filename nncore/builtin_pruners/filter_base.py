@@ -115,6 +115,7 @@ class FilterPruner(Pruner):
     }
     default_op_types: ClassVar[tuple[str, ...]] = CONV_OP_TYPES
     supported_op_types: ClassVar[tuple[str, ...] | None] = FILTER_OP_TYPES
+    job_arguments: ClassVar[Mapping[str, str]] = {"dependency_aware": "dependency_aware", "dummy_input": "dummy_input"}
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ build the model at the smaller hidden size (see :mod:`nncore.speedup.norms`).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ class HiddenSizePruner(Pruner):
     """
 
     name: ClassVar[str] = "hidden_size"
+    job_arguments: ClassVar[Mapping[str, str]] = {"dummy_input": "dummy_input"}
     config_schema: ClassVar[dict[str, Any]] = {
         "properties": {"sparsity": {**FRACTION, "description": "Fraction of the stream's hidden channels to remove."}},
         "required": ["sparsity"],
@@ -76,11 +77,14 @@ class HiddenSizePruner(Pruner):
         if dummy_input is None:
             raise ConfigError("HiddenSizePruner needs dummy_input to find the residual streams",
                               header="invalid argument")
-        self.default_op_types = tuple(sorted({type(m).__name__ for m in model.modules() if is_norm(m)}))
         self.dummy_input = dummy_input
         self.criterion = criterion
         super().__init__(model, config_list, plugins=plugins)
         self.norm_masks = self._plan()
+
+    @property
+    def default_op_types(self) -> tuple[str, ...]:  # the model's norm classes (check_config sees them too)
+        return tuple(sorted({type(m).__name__ for m in self.bound_model.modules() if is_norm(m)}))
 
     @classmethod
     def unsupported_reason(cls, module: nn.Module) -> str | None:

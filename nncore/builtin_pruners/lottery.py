@@ -59,6 +59,8 @@ class LotteryTicketPruner(Pruner):
     """
 
     name: ClassVar[str] = "lottery"
+    job_arguments: ClassVar[Mapping[str, str]] = {"optimizer": "optimizer"}
+    job_config: ClassVar[Mapping[str, str]] = {"sparsity": "sparsity", "prune_iterations": "pruning_rounds"}
     config_schema: ClassVar[dict[str, Any]] = {
         "properties": {
             "sparsity": {**FRACTION, "description": "Final fraction of each layer's weights to prune."},

@@ -8,7 +8,7 @@ overall sparsity is reached. When no layer can give up a whole step, the step is
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import torch.nn as nn
 
@@ -49,6 +49,8 @@ class NetAdaptPruner(SearchPruner):
     """
 
     name: ClassVar[str] = "netadapt"
+    job_arguments: ClassVar[Mapping[str, str]] = {"short_term_fine_tuner": "finetuner", "evaluator": "evaluator",
+                                                  "experiment_data_dir": "output_dir", "verbose": "verbose"}
 
     def __init__(
         self,

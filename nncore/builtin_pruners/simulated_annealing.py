@@ -190,6 +190,8 @@ class SimulatedAnnealingPruner(SearchPruner):
     """
 
     name: ClassVar[str] = "simulated_annealing"
+    job_arguments: ClassVar[Mapping[str, str]] = {"evaluator": "evaluator", "experiment_data_dir": "output_dir",
+                                                  "seed": "seed", "verbose": "verbose"}
 
     def __init__(
         self,

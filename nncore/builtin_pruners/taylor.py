@@ -8,7 +8,7 @@ after the last of those steps.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -41,6 +41,7 @@ class TaylorFOWeightFilterPruner(FilterPruner):
     """
 
     name: ClassVar[str] = "taylorfo"
+    job_arguments: ClassVar[Mapping[str, str]] = {"optimizer": "optimizer", **FilterPruner.job_arguments}
 
     def __init__(
         self,

@@ -66,7 +66,8 @@ class TransformerHeadPruner(Pruner):
 
     :param model: the model to prune.
     :param config_list: see above.
-    :param head_hidden_dim: features per head (64 for BERT-base), the same in every group.
+    :param head_hidden_dim: features per head (64 for BERT-base), the same in every group; may be left
+        out with ``dummy_input``, which finds it.
     :param attention_name_groups: ``[[q, k, v, o], ...]`` module names per attention layer; a fused
         projection is named three times (``[c_attn, c_attn, c_attn, c_proj]``; an
         ``nn.MultiheadAttention`` ``attn``: ``[attn, attn, attn, attn.out_proj]``).
@@ -101,6 +102,8 @@ class TransformerHeadPruner(Pruner):
     """
 
     name: ClassVar[str] = "transformer_head"
+    job_arguments: ClassVar[Mapping[str, str]] = {"dummy_input": "dummy_input", "optimizer": "optimizer",
+                                                  "trainer": "trainer", "criterion": "criterion", "verbose": "verbose"}
     config_schema: ClassVar[dict[str, Any]] = {
         "properties": {"sparsity": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
                                     "description": "Fraction of each attention group's heads to prune."}},
@@ -112,7 +115,7 @@ class TransformerHeadPruner(Pruner):
         self,
         model: nn.Module,
         config_list: Sequence[dict[str, Any]],
-        head_hidden_dim: int,
+        head_hidden_dim: int | None = None,
         attention_name_groups: Sequence[Sequence[str]] | None = None,
         dummy_input: Any = None,
         ranking_criterion: str = "l1_weight",
@@ -128,7 +131,8 @@ class TransformerHeadPruner(Pruner):
         plugins: Iterable[Any] = (),
         verbose: bool = True,
     ):
-        _check_int("head_hidden_dim", head_hidden_dim, 1)
+        if head_hidden_dim is not None or attention_name_groups is not None:
+            _check_int("head_hidden_dim", head_hidden_dim, 1)  # else: taken from the groups dummy_input finds
         _check_int("num_iterations", num_iterations, 1)
         _check_int("epochs_per_iteration", epochs_per_iteration, 0)
         self._check_arguments(ranking_criterion, gqa_pruning, num_iterations, optimizer, trainer, forward_runner)
@@ -194,6 +198,8 @@ class TransformerHeadPruner(Pruner):
         if not found:
             raise ConfigError("dummy_input: found no attention in the model; pass attention_name_groups",
                               header="invalid argument")
+        if self.head_hidden_dim is None:
+            self.head_hidden_dim = found[0].head_dim
         problems = [f"head_hidden_dim={self.head_hidden_dim} does not match attention {group.name!r} "
                     f"({group.num_heads} heads of {group.head_dim} features, found from dummy_input)"
                     for group in found if group.head_dim != self.head_hidden_dim]

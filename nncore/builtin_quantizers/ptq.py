@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -89,6 +89,7 @@ class PtqQuantizer(Quantizer):
     """
 
     name: ClassVar[str] = "ptq"
+    job_arguments: ClassVar[Mapping[str, str]] = {"calibration_data": "calibration_data"}
     aliases: ClassVar[tuple[str, ...]] = ("PtqQuantizer",)
     config_schema: ClassVar[dict[str, Any]] = quant_config_schema(extra={
         "observer": {

@@ -1,7 +1,7 @@
 """QAT_Quantizer: quantization-aware training (Jacob et al., CVPR 2018)."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
@@ -81,6 +81,7 @@ class QAT_Quantizer(Quantizer):
     """
 
     name: ClassVar[str] = "qat"
+    job_arguments: ClassVar[Mapping[str, str]] = {"dummy_input": "dummy_input"}
     aliases: ClassVar[tuple[str, ...]] = ("QATQuantizer",)
     ema_decay: ClassVar[float] = 0.99
     config_schema: ClassVar[dict[str, Any]] = quant_config_schema(extra={

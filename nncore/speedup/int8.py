@@ -28,8 +28,9 @@ which it cannot export; give ``attention_mask`` in ``dummy_input``, or leave ``u
 The exported module wraps the model: tensors of ``dummy_input`` become the graph inputs (named by
 their keys; one tensor is ``input``), its other values are passed as constants, and the outputs
 are the tensors the model returns (a ``ModelOutput``'s by their keys; a cache or other non-tensor
-is dropped; one tensor is ``output``). Dynamic axes: by default the batch and sequence axes
-(0 and 1) of integer inputs (token ids, attention masks); ``dynamic_axes`` sets them per input.
+is dropped; one tensor is ``output``). Dynamic axes: by default the batch axis (0) of every input
+and the sequence axis (1) of integer inputs (token ids, attention masks), so the model runs at any
+batch size; ``dynamic_axes`` sets them per input (``{}``: every size fixed).
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ class ExampleInputs:
     :param input_shape: a float input of this shape (random values), or
     :param dummy_input: a tensor, a tuple/list of tensors (positional), or a dict of keyword
         inputs (tensors become graph inputs, other values constants).
-    :param dynamic_axes: ``{input name: [axes]}``; default: axes 0 and 1 of integer inputs.
+    :param dynamic_axes: ``{input name: [axes]}``; default: axis 0 of every input, and axis 1 of
+        integer inputs.
     """
 
     def __init__(self, input_shape: Sequence[int] | None, dummy_input: Any,
@@ -117,7 +119,7 @@ class ExampleInputs:
             raise ConfigError(f"dynamic_axes names inputs that dummy_input does not have: {', '.join(unknown)} "
                               f"(inputs: {', '.join(self.tensors)})", header="invalid argument")
         if dynamic_axes is None:
-            dynamic_axes = {k: [0, 1][: t.dim()] for k, t in self.tensors.items() if not t.is_floating_point()}
+            dynamic_axes = {k: ([0] if t.is_floating_point() else [0, 1])[: t.dim()] for k, t in self.tensors.items()}
         self.dynamic_axes = {k: {int(a): f"{k}_dim{int(a)}" for a in axes} for k, axes in dynamic_axes.items() if axes}
 
     @property
@@ -276,8 +278,8 @@ def export_int8_onnx(
         ids, ``{'input_ids': ids, 'attention_mask': mask}`` (keyword inputs), a tuple of tensors.
     :param mode: ``"static"`` (QDQ from the calibration: CNNs) or ``"dynamic"`` (activations
         quantized at run time: BERT/Llama-like models, dynamic sequence lengths).
-    :param dynamic_axes: ``{input name: [axes]}`` that may change size at run time (default: axes
-        0 and 1 of integer inputs; ``{}`` for none).
+    :param dynamic_axes: ``{input name: [axes]}`` that may change size at run time (default: the
+        batch axis 0 of every input, and axis 1 of integer inputs; ``{}`` for none).
     :param reduce_range: 7-bit weights, which avoids int16 saturation in ONNX Runtime's u8s8
         kernels on CPUs without VNNI (the weights are requantized per channel either way).
     :return: ``onnx_path`` as a :class:`~pathlib.Path`.

@@ -9,6 +9,7 @@ from torch import nn
 
 from nncore.artifacts import MaskDict, read_mask_file
 from nncore.errors import ArtifactError
+from nncore.wrapper import ModuleWrapper
 
 
 def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDict, map_location: Any = None) -> MaskDict:
@@ -23,6 +24,9 @@ def read_masks(model: nn.Module, masks_file_or_dict: str | os.PathLike | MaskDic
         module = modules.get(name)
         if module is None:
             raise ArtifactError(f"{source}: entry {name!r} names no module of {type(model).__name__}")
+        if isinstance(module, ModuleWrapper):
+            raise ArtifactError(f"{source}: {name!r} is still wrapped by the pruner; call pruner.unwrap_model() "
+                                "before speedup")
         for key, mask in entry.items():
             param = getattr(module, key, None)
             if mask is None:

@@ -72,7 +72,7 @@ def _count_linear(module: nn.Linear, inputs: tuple, output: torch.Tensor, *, ful
 def _count_multihead_attention(module: nn.MultiheadAttention, inputs: tuple, output: Any, *,
                                full: bool) -> int:
     """Q/K/V projections, ``Q K^T`` and ``A V`` (``L*S*E`` MACs each per batch item), out-projection."""
-    query, key, value = inputs[0], inputs[1], inputs[2]
+    query, key = inputs[0], inputs[1]
     embed = module.embed_dim
     batch_dim = 0 if module.batch_first else 1
     batch = query.shape[batch_dim] if query.dim() == 3 else 1
@@ -282,12 +282,35 @@ def _make_hook(name: str, counter: FlopCounter, results: dict[str, dict]):
     return hook
 
 
-def _run_with_hooks(model: nn.Module, inputs: tuple, selected) -> list[dict]:
-    """One no-grad eval-mode forward pass with hooks; modes restored and hooks removed after."""
+def _uncounted_parameter_holders(model: nn.Module, selected) -> list[tuple[str, nn.Module, int]]:
+    """Modules outside the counted ones that own parameters (a BatchNorm in ``mode='default'``),
+    with the number of parameters each owns that no counted module holds: table rows only."""
+    counted = [f"{name}." for name, module, _ in selected if module is not model] or []
+    seen = {id(p) for _, module, _ in selected for p in module.parameters()}
+    holders = []
+    for name, module in model.named_modules():
+        if any(f"{name}.".startswith(prefix) for prefix in counted) or any(m is module for _, m, _ in selected):
+            continue
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            holders.append((name or type(module).__name__, module, sum(p.numel() for p in own)))
+    return holders
+
+
+def _run_with_hooks(model: nn.Module, inputs: tuple, selected, holders=()) -> tuple[list[dict], dict[str, dict]]:
+    """One no-grad eval-mode forward pass with hooks; modes restored and hooks removed after.
+
+    Returns the counted layers' results, in model order, and the shapes seen at ``holders``."""
     results: dict[str, dict] = {}
+    shapes: dict[str, dict] = {}
     training_modes = {module: module.training for module in model.modules()}
     handles = [module.register_forward_hook(_make_hook(name, counter, results), with_kwargs=True)
                for name, module, counter in selected]
+    for name, module, _ in holders:
+        def record(module: nn.Module, args: tuple, output: Any, _name: str = name) -> None:
+            shapes.setdefault(_name, {"input_shape": _shape_of(args), "output_shape": _shape_of(output)})
+        handles.append(module.register_forward_hook(record))
     try:
         model.eval()
         with torch.no_grad():
@@ -298,14 +321,21 @@ def _run_with_hooks(model: nn.Module, inputs: tuple, selected) -> list[dict]:
         for module, training in training_modes.items():
             module.training = training
     order = {name: index for index, (name, _, _) in enumerate(selected)}
-    return sorted(results.values(), key=lambda result: order[result["name"]])
+    return sorted(results.values(), key=lambda result: order[result["name"]]), shapes
 
 
-def _format_table(results: list[dict], flops: int, params: int) -> str:
-    """A per-layer table with totals, as ``verbose=True`` prints it."""
+def _scaled(value: float) -> str:
+    """``1.23 G``, ``4.56 M``, ``7.89 K`` or the plain number."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {suffix}"
+    return f"{value:g}"
+
+
+def _format_table(rows: list[tuple[str, ...]], flops: int, params: int, uncounted: bool) -> str:
+    """A per-layer table with totals, as ``verbose=True`` prints it; ``uncounted``: some rows
+    are modules that own parameters but whose operations this mode does not count (FLOPs ``-``)."""
     header = ("Name", "Type", "Input shape", "Output shape", "Params", "FLOPs (MACs)")
-    rows = [(r["name"], r["module_type"], str(r["input_shape"]), str(r["output_shape"]),
-             f"{r['params']:,}", f"{r['flops']:,}") for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: tuple[str, ...]) -> str:  # text columns left-aligned, numbers right-aligned
@@ -314,9 +344,21 @@ def _format_table(results: list[dict], flops: int, params: int) -> str:
 
     rule = "-" * len(line(header))
     body = [line(header), rule, *(line(row) for row in rows), rule]
-    body.append(f"FLOPs total: {flops:,} ({flops / 1e6:.2f} M MACs)")
-    body.append(f"Params total: {params:,} ({params / 1e6:.2f} M)")
+    body.append(f"FLOPs total: {flops:,}" + (f" ({_scaled(flops)} MACs)" if flops >= 1000 else ""))
+    body.append(f"Params total: {params:,}" + (f" ({_scaled(params)})" if params >= 1000 else ""))
+    if uncounted:
+        body.append("FLOPs '-': not counted in this mode (mode='full' counts normalisation, activations, pooling)")
     return "\n".join(body)
+
+
+def _table_rows(model: nn.Module, results: list[dict], holders, shapes: dict[str, dict]) -> list[tuple[str, ...]]:
+    """Counted layers and uncounted parameter holders, in the model's module order."""
+    position = {name or type(module).__name__: index for index, (name, module) in enumerate(model.named_modules())}
+    rows = [(r["name"], r["module_type"], str(r["input_shape"]), str(r["output_shape"]),
+             f"{r['params']:,}", f"{r['flops']:,}") for r in results]
+    rows += [(name, type(module).__name__, str(shapes.get(name, {}).get("input_shape")),
+              str(shapes.get(name, {}).get("output_shape")), f"{count:,}", "-") for name, module, count in holders]
+    return sorted(rows, key=lambda row: position.get(row[0], len(position)))
 
 
 def count_flops_params(model: nn.Module, x: Any, custom_ops: dict | None = None,
@@ -329,7 +371,8 @@ def count_flops_params(model: nn.Module, x: Any, custom_ops: dict | None = None,
         the model's dtype and device), a tensor, or a tuple of tensors passed as ``model(*x)``.
     :param custom_ops: ``{module type: function(module, inputs, output) -> flops}`` for modules
         the built-in rules do not know (or to override them); subclasses match too.
-    :param verbose: print a per-layer table and the totals.
+    :param verbose: print a per-layer table and the totals; modules that own parameters but are
+        not counted in this mode (a BatchNorm in ``'default'``) get a row too, so the table adds up.
     :param mode: ``'default'`` counts convolution, linear and attention layers; ``'full'`` also
         counts biases, normalisation, activations, pooling and upsampling.
     :returns: ``(flops, params, results)``: total MACs for this input (batch included), the exact
@@ -341,9 +384,10 @@ def count_flops_params(model: nn.Module, x: Any, custom_ops: dict | None = None,
     custom_ops = _validate_arguments(model, custom_ops, mode)
     inputs = _as_inputs(x, model)
     selected = _modules_to_count(model, _default_rules(full=mode == "full"), custom_ops)
-    results = _run_with_hooks(model, inputs, selected)
+    holders = _uncounted_parameter_holders(model, selected) if verbose else []
+    results, shapes = _run_with_hooks(model, inputs, selected, holders)
     flops = sum(result["flops"] for result in results)
     params = sum(parameter.numel() for parameter in model.parameters())
     if verbose:
-        print(_format_table(results, flops, params))
+        print(_format_table(_table_rows(model, results, holders, shapes), flops, params, bool(holders)))
     return flops, params, results

@@ -187,13 +187,18 @@ class SensitivityAnalysis:
         text = buffer.getvalue().encode("utf-8")
         atomic_write(filepath, lambda handle: handle.write(text))
 
-    def plot(self, filepath: str) -> None:
-        """Draw one metric-vs-sparsity curve per layer into a PNG (needs matplotlib)."""
+    def plot(self, filepath: str, metric_name: str = "metric") -> None:
+        """Draw one metric-vs-sparsity curve per layer into a PNG (needs matplotlib).
+
+        Every curve starts at sparsity 0 with the unpruned metric; ``metric_name`` labels the
+        y-axis (e.g. ``'test accuracy'``).
+        """
         if not self.sensitivities:
             raise NncoreError("SensitivityAnalysis.plot: call analysis() first")
-        series = {layer: sorted(metrics.items()) for layer, metrics in self.sensitivities.items()}
-        line_plot(filepath, series, xlabel="sparsity", ylabel="metric", title=f"sensitivity ({self.prune_type})",
-                  baseline=self.ori_metric)
+        start = [(0.0, self.ori_metric)] if self.ori_metric is not None and math.isfinite(self.ori_metric) else []
+        series = {layer: start + sorted(metrics.items()) for layer, metrics in self.sensitivities.items()}
+        line_plot(filepath, series, xlabel="sparsity of the layer (fraction pruned)", ylabel=metric_name,
+                  title=f"sensitivity of each layer to {self.prune_type} pruning", baseline=self.ori_metric)
 
     def update_already_pruned(self, layername: str, ratio: float) -> None:
         """Record that ``layername`` is already pruned to ``ratio`` (iterative sensitivity pruning)."""
@@ -238,5 +243,6 @@ def line_plot(filepath: str, series: Mapping[str, Sequence[tuple[float, float]]]
     if baseline is not None and math.isfinite(baseline):
         axes.axhline(baseline, color="grey", linestyle="--", label="unpruned")
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axes.set_xlim(left=0)
     axes.legend(fontsize="small")
     save_figure(figure, filepath)

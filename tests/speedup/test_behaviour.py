@@ -276,7 +276,8 @@ def test_conflicting_masks_in_a_residual_group_keep_the_channel():
     masks["layer1.0.bn2"] = {"weight": torch.ones(8), "bias": torch.ones(8)}
     reference = masked_copy(model, masks)
     speedup = ModelSpeedup(model, dummy, masks)
-    speedup.speedup_model()
+    with pytest.warns(UserWarning, match="speedup kept pruned channels: coupled channels are not zero"):
+        speedup.speedup_model()
     assert model.conv1.out_channels == 8
     assert model.layer1[1].conv2.out_channels == 8
     assert model.layer1[0].conv1.out_channels == 4  # inside the block: not coupled
@@ -296,7 +297,8 @@ def test_grouped_and_depthwise_conv1d_shapes():
     masks["c2"] = {"weight": c2, "bias": torch.ones(8) - (c2.sum((1, 2)) == 0).float()}
     masks["c3"] = {"weight": torch.ones_like(model.c3.weight), "bias": masks["c2"]["bias"].clone()}
     reference = masked_copy(model, masks)
-    ModelSpeedup(model, torch.randn(2, 4, 10), masks).speedup_model()
+    with pytest.warns(UserWarning, match="speedup kept pruned channels: grouped convolution 'c2' needs equal groups"):
+        ModelSpeedup(model, torch.randn(2, 4, 10), masks).speedup_model()
     assert model.c1.out_channels == 6
     assert (model.c2.in_channels, model.c2.out_channels, model.c2.groups) == (6, 6, 2)
     assert model.c2.weight.shape == (6, 3, 3)
@@ -311,7 +313,8 @@ def test_channel_shuffle_keeps_the_same_index_in_every_group():
     dummy = torch.randn(2, 3, 8, 8)
     masks = filter_masks(model, dummy, 0.5, skip=("fc",))
     reference = masked_copy(model, masks)
-    ModelSpeedup(model, dummy, masks).speedup_model()
+    with pytest.warns(UserWarning, match="speedup kept pruned channels: masked filters coupled with channels that are read where they are neither zero nor a constant"):
+        ModelSpeedup(model, dummy, masks).speedup_model()
     assert model.units[0].branch[0][0].out_channels == 4
     assert_same_function(model, reference, (2, 3, 8, 8))
 

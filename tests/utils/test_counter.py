@@ -238,3 +238,27 @@ def test_model_is_restored_when_forward_fails():
         count_flops_params(model, (1, 4), verbose=False)
     assert all(module.training for module in model.modules())
     assert all(not module._forward_hooks for module in model.modules())
+
+
+def test_table_rows_add_up_to_the_totals(capsys):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    flops, params, results = count_flops_params(model, (1, 1, 4, 4), verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:lines.index(lines[1], 2)]]
+    assert [row[0] for row in rows] == ["0", "1", "4"]  # the BatchNorm has a row, in model order
+    assert rows[1][1] == "BatchNorm2d" and rows[1][-2:] == ["8", "-"]
+    assert sum(int(row[-2].replace(",", "")) for row in rows) == params == 40 + 8 + 195
+    assert sum(int(row[-1].replace(",", "")) for row in rows if row[-1] != "-") == flops == 576 + 192
+    assert [r["name"] for r in results] == ["0", "4"]  # the API's results: the counted layers only
+    assert "FLOPs '-': not counted in this mode" in lines[-1]
+
+
+@pytest.mark.parametrize(("model", "flops_line", "params_line"), [
+    (nn.Linear(4, 3), "FLOPs total: 12", "Params total: 15"),
+    (nn.Linear(40, 30), "FLOPs total: 1,200 (1.20 K MACs)", "Params total: 1,230 (1.23 K)"),
+    (nn.Linear(2000, 1000), "FLOPs total: 2,000,000 (2.00 M MACs)", "Params total: 2,001,000 (2.00 M)"),
+])
+def test_small_models_are_not_printed_as_zero_millions(capsys, model, flops_line, params_line):
+    count_flops_params(model, (1, model.in_features), verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [flops_line, params_line]

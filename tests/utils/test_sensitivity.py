@@ -170,6 +170,23 @@ def test_plot_writes_png(tmp_path) -> None:
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_names_its_metric_and_starts_at_sparsity_zero(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("matplotlib")
+    import nncore.utils.sensitivity as sensitivity
+
+    analysis, _ = analyse(TwoConv())
+    drawn = []
+    monkeypatch.setattr(sensitivity, "save_figure", lambda figure, path: drawn.append(figure))
+    analysis.plot(str(tmp_path / "s.png"), metric_name="weight sum")
+    axes = drawn[0].axes[0]
+    assert axes.get_ylabel() == "weight sum" and axes.get_xlim()[0] == 0
+    curves = {line.get_label(): line for line in axes.get_lines() if line.get_label() in analysis.sensitivities}
+    assert set(curves) == {"conv1", "conv2"}
+    for name, line in curves.items():
+        assert list(line.get_xdata()) == [0.0, *sorted(analysis.sensitivities[name])]
+        assert line.get_ydata()[0] == analysis.ori_metric
+
+
 def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch) -> None:
     analysis, _ = analyse(TwoConv())
     monkeypatch.setitem(sys.modules, "matplotlib", None)

@@ -13,14 +13,16 @@ import torch.nn as nn
 
 optuna = pytest.importorskip("optuna")
 
-from nncore.auto import SimulatedAnnealingSampler, best_result, open_study, search_sparsities  # noqa: E402
+from nncore.jobs.annealing import SimulatedAnnealingSampler  # noqa: E402
+from nncore.jobs.search import best_result, open_study, search_sparsities  # noqa: E402
 from nncore.cli import main  # noqa: E402
 from nncore.errors import ConfigError  # noqa: E402
-from nncore.main_job import compressed_cost, make_pruner  # noqa: E402
+from nncore.jobs.cost import compressed_cost  # noqa: E402
+from nncore.jobs.pruning import make_pruner  # noqa: E402
 from nncore.utils import count_flops_params  # noqa: E402
 from tests.conftest import assert_untouched, snapshot  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -120,7 +122,7 @@ def test_both_budgets_at_once_is_an_argument_error(capsys) -> None:
 def test_two_workers_share_one_sqlite_study(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path / 'auto.db'}"
     env = {**os.environ, "NNCORE_CACHE": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
-    common = ["auto", "--model", "tests.test_auto:tiny_digits_cnn", "--storage", storage, "--study-name", "shared",
+    common = ["auto", "--model", "tests.jobs.test_search:tiny_digits_cnn", "--storage", storage, "--study-name", "shared",
               "--trials", "2", "--flops-budget", "0.9", "--max-sparsity", "0.5", "--epochs", "1",
               "--finetune-epochs", "0", "--batch-size", "256", "--quiet"]
     workers = [

@@ -1,4 +1,4 @@
-"""``nncore auto`` and :func:`search_sparsities`: per-layer sparsities under a FLOPs or params budget.
+"""Per-layer sparsities under a FLOPs or params budget: :func:`search_sparsities`, behind ``nncore auto``.
 
 Every Optuna trial proposes one sparsity per prunable layer, prunes a copy of the trained model
 with the chosen algorithm, and counts its cost as if the pruned channels were removed. A trial
@@ -17,121 +17,25 @@ database URL to spread the trials over many machines: start ``nncore auto`` with
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import math
 import os
 import socket
 import time
 from typing import Any, Callable
 
 import attrs
-import numpy as np
 import torch
 import torch.nn as nn
 
-from nncore.cli import CommandLineError, build_model, text_table
-from nncore.data import accuracy, load_job_data, train_epochs
 from nncore.errors import ConfigError, NncoreError
-from nncore.main_job import (
-    add_common_arguments, job_settings,
-    check_budget_arguments, check_forward, compressed_cost, dummy_input, pruner_class, make_pruner, say,
-    trained_baseline, write_text,
-)
+from nncore.jobs.annealing import SimulatedAnnealingSampler, optuna, require_optuna
+from nncore.jobs.cost import compressed_cost
+from nncore.jobs.options import SAMPLERS
+from nncore.jobs.pruning import make_pruner
 
-try:
-    import optuna
-    from optuna.samplers import BaseSampler
-except ImportError:  # the module still imports; search_sparsities raises a clear error
-    optuna = None
-    BaseSampler = object
-
-SAMPLERS = ("tpe", "random", "anneal")
 BUDGET_METRICS = ("flops", "params")
-DEFAULT_STORAGE = "sqlite:///nncore-auto.db"
-DEFAULT_STUDY = "nncore-auto"
 _HEADER = "invalid auto-compression argument"
-
-
-def require_optuna() -> Any:
-    """The optuna module, or an error telling how to install it."""
-    if optuna is None:
-        raise NncoreError("nncore auto needs Optuna, which is not installed: pip install optuna")
-    return optuna
-
-
-class SimulatedAnnealingSampler(BaseSampler):
-    """Simulated annealing through Optuna's sampler interface (works across workers sharing a study).
-
-    The chain walks the study's completed trials in order: a trial becomes the current point when
-    it is better, or with probability ``exp(-worse_by / T)``; ``T`` starts at ``temperature`` (in the
-    objective's units) and is multiplied by ``cooldown`` after every step. A new trial is a neighbour
-    of the current point: each float/int parameter moves by a normal step of ``neighbourhood`` times
-    its range (snapped to its ``step``), each categorical one is redrawn with that probability.
-    Before the first completed trial, and for parameters outside the common search space,
-    parameters are drawn at random.
-    """
-
-    def __init__(self, temperature: float = 0.05, cooldown: float = 0.9, neighbourhood: float = 0.15,
-                 seed: int | None = None) -> None:
-        require_optuna()
-        self._rng = np.random.RandomState(seed)
-        self._random = optuna.samplers.RandomSampler(seed=seed)
-        self._space = optuna.search_space.IntersectionSearchSpace()
-        self.temperature, self.cooldown, self.neighbourhood = temperature, cooldown, neighbourhood
-        self._current: Any = None
-        self._seen: set[int] = set()
-
-    def reseed_rng(self) -> None:
-        self._rng.seed()
-        self._random.reseed_rng()
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-        return self._space.calculate(study)
-
-    def _walk(self, study: Any) -> None:
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        for trial in sorted(completed, key=lambda t: t.number):
-            if trial.number in self._seen:
-                continue
-            self._seen.add(trial.number)
-            if self._current is None:
-                self._current = trial
-                continue
-            worse_by = (self._current.value - trial.value) if maximize else (trial.value - self._current.value)
-            if worse_by <= 0 or self._rng.uniform() < math.exp(-worse_by / max(self.temperature, 1e-12)):
-                self._current = trial
-            self.temperature *= self.cooldown
-
-    def sample_relative(self, study: Any, trial: Any, search_space: dict[str, Any]) -> dict[str, Any]:
-        if not search_space:
-            return {}
-        self._walk(study)
-        if self._current is None:
-            return {}
-        return {name: self._neighbour(distribution, self._current.params[name])
-                for name, distribution in search_space.items() if name in self._current.params}
-
-    def _neighbour(self, distribution: Any, value: Any) -> Any:
-        dists = optuna.distributions
-        if isinstance(distribution, dists.CategoricalDistribution):
-            if self._rng.uniform() < self.neighbourhood:
-                return distribution.choices[self._rng.randint(len(distribution.choices))]
-            return value
-        low, high = distribution.low, distribution.high
-        moved = value + self._rng.normal(0.0, self.neighbourhood * (high - low))
-        step = getattr(distribution, "step", None)
-        if isinstance(distribution, dists.IntDistribution):
-            step = step or 1
-        if step:
-            moved = low + round((moved - low) / step) * step
-        moved = min(max(moved, low), high)
-        return int(moved) if isinstance(distribution, dists.IntDistribution) else float(moved)
-
-    def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
-        return self._random.sample_independent(study, trial, param_name, param_distribution)
 
 
 def make_sampler(name: str, seed: int | None) -> Any:
@@ -373,72 +277,3 @@ def best_result(study: Any) -> AutoResult:
         trial_number=best.number, completed=states.count(optuna.trial.TrialState.COMPLETE),
         pruned=states.count(optuna.trial.TrialState.PRUNED),
     )
-
-
-# -- the command -----------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``nncore auto``."""
-    add_common_arguments(parser)
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--flops-budget", type=float, metavar="RATIO",
-                        help="largest FLOPs ratio to the baseline (default: 0.5)")
-    budget.add_argument("--params-budget", type=float, metavar="RATIO", help="largest params ratio to the baseline")
-    parser.add_argument("--trials", type=int, default=20, help="trials this worker runs (default: 20)")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE,
-                        help=f"Optuna storage URL shared by all workers (default: {DEFAULT_STORAGE})")
-    parser.add_argument("--study-name", default=DEFAULT_STUDY, help=f"study to create or join (default: {DEFAULT_STUDY})")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="search algorithm (default: tpe)")
-    parser.add_argument("--max-sparsity", type=float, default=0.9)
-    parser.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning epochs per trial (default: 1)")
-    parser.add_argument("--seed", type=int, help="sampler seed (default: random; give workers different seeds)")
-    parser.add_argument("--output", default="auto_config.json",
-                        help="where the best config_list is written (default: ./auto_config.json)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``nncore auto`` (one worker); returns the exit status."""
-    with job_settings(args):
-        require_optuna().logging.set_verbosity(optuna.logging.ERROR if args.quiet else optuna.logging.WARNING)
-        return auto_job(args)
-
-
-def auto_job(args: argparse.Namespace) -> int:
-    """Baseline (cached), then this worker's trials, then the study's best config_list to ``--output``."""
-    verbose = not args.quiet
-    check_budget_arguments(args)
-    if args.trials < 1:
-        raise CommandLineError(f"--trials must be >= 1, got {args.trials}")
-    metric, budget = ("params", args.params_budget) if args.params_budget is not None else ("flops", args.flops_budget or 0.5)
-    pruner_class(args.algo)
-    data = load_job_data(args.data, args.batch_size, 0)
-    torch.manual_seed(0)
-    model = build_model(args.model)
-    check_forward(model, data, args.model)
-    trained_baseline(model, data, model_spec=args.model, data_spec=args.data, epochs=args.epochs, lr=args.lr,
-                     seed=0, use_cache=not args.no_cache, verbose=verbose)
-    baseline_accuracy = accuracy(model, data.test_loader)
-
-    def finetune(pruned: nn.Module) -> None:
-        torch.manual_seed(0)
-        train_epochs(pruned, data.train_loader, args.finetune_epochs, lr=args.lr / 4, verbose=False)
-
-    say(verbose, f"nncore auto: {args.trials} trial(s) on study {args.study_name!r} at {args.storage}, "
-                 f"{metric} budget {budget}, {args.algo} pruning, {args.sampler} sampler")
-    result = search_sparsities(
-        model, lambda pruned: accuracy(pruned, data.test_loader), dummy_input(data), budget=budget, metric=metric,
-        algo=args.algo, n_trials=args.trials, storage=args.storage, study_name=args.study_name,
-        sampler=args.sampler, seed=args.seed, max_sparsity=args.max_sparsity,
-        finetune=finetune if args.finetune_epochs else None, verbose=verbose,
-    )
-    write_text(args.output, json.dumps(result.config_list, indent=2) + "\n")
-    if verbose:
-        rows = [["baseline accuracy", f"{baseline_accuracy * 100:.2f}%"],
-                [f"best trial (#{result.trial_number}) accuracy", f"{result.value * 100:.2f}%"],
-                ["FLOPs ratio", f"{result.flops_ratio:.3f}"], ["params ratio", f"{result.params_ratio:.3f}"],
-                ["trials in study", f"{result.completed} completed, {result.pruned} over budget"]]
-        rows += [[f"sparsity {entry['op_names'][0]}", f"{entry['sparsity']:.2f}"] for entry in result.config_list]
-        print(text_table(["", "value"], rows))
-        print(f"best config_list written to {args.output} (use: nncore compress --algo {args.algo} --config {args.output})")
-    return 0

@@ -72,7 +72,8 @@ def filter_masks(module: nn.Module, channel_mask: torch.Tensor) -> dict[str, tor
     """Weight and bias masks of ``module`` that keep exactly the output channels in ``channel_mask``."""
     weight = filter_view(module, module.weight)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    weight_mask = filter_view(module, channel_mask.to(weight.dtype).view(shape).expand_as(weight)).contiguous().clone()
+    weight_mask = filter_view(module, channel_mask.to(weight.dtype).view(shape).expand_as(weight)).clone(
+        memory_format=torch.contiguous_format)
     bias = getattr(module, "bias", None)
     bias_mask = channel_mask.to(bias.dtype).clone() if isinstance(bias, torch.Tensor) else None
     return {"weight_mask": weight_mask, "bias_mask": bias_mask}

@@ -108,8 +108,8 @@ class HiddenSizePruner(Pruner):
             self.bound_model.train(was_training)
         roots = analysis.decision.roots
         norm_roots: dict[str, list[int]] = {}
-        for slot, _, owner in analysis.ctx.classes.requests:
-            norm_roots.setdefault(owner, []).append(int(roots[slot]))
+        for slots, _, owner in analysis.ctx.classes.requests:
+            norm_roots.setdefault(owner, []).extend(roots[slots].tolist())
         for owner, found in norm_roots.items():  # a norm run twice is one norm
             norm_roots[owner] = found[:self.bound_model.get_submodule(owner).weight.numel()]
         sparsity = {config.name: config["sparsity"] for config in self.layer_configs}

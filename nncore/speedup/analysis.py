@@ -50,7 +50,7 @@ class Analysis:
     def requested(self) -> bool:
         """Whether a norm's mask asks to remove hidden channels (the result is then the smaller
         architecture, not the masked model's function)."""
-        return any(flag for _, flag, _ in self.ctx.classes.requests)
+        return any(bool(remove.any()) for _, remove, _ in self.ctx.classes.requests)
 
     def _run(self, choices: dict) -> tuple[Context, Decision]:
         ctx = propagate(self.capture, self.masks, choices, self.rules, self.cache)

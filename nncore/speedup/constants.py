@@ -178,9 +178,9 @@ def extract(tensor: torch.Tensor) -> Consts:
             out.append(unknown(n))
             continue
         slabs = tensor.movedim(d, 0).reshape(n, -1)
-        first = slabs[:, :1]
-        same = (slabs == first).all(dim=1) & torch.isfinite(first[:, 0])
-        out.append(np.where(same.cpu().numpy(), first[:, 0].double().cpu().numpy(), np.nan))
+        high, low = slabs.amax(dim=1), slabs.amin(dim=1)  # NaN propagates: a NaN slab is not constant
+        same = (high == low) & torch.isfinite(high)
+        out.append(np.where(same.cpu().numpy(), high.double().cpu().numpy(), np.nan))
     return out
 
 

@@ -48,53 +48,71 @@ class ChannelClasses:
     """Union-find over slots, plus the facts that decide whether a class may be removed."""
 
     def __init__(self) -> None:
-        self.parent: list[int] = [PIN]
-        self.pins: list[tuple[int, str, bool, bool]] = []
-        self.reads: list[tuple[int, bool]] = []
-        self.requests: list[tuple[int, bool, str]] = []
+        self._parent = np.zeros(1024, dtype=np.int64)  # slot -> parent slot; slot 0 is PIN
+        self._size = 1
+        self.pins: list[tuple[np.ndarray, np.ndarray, str, bool]] = []  # (slots, zero, reason, soft)
+        self._reads: list[tuple[np.ndarray, np.ndarray]] = []
+        self.requests: list[tuple[np.ndarray, np.ndarray, str]] = []  # (slots, remove, owner norm)
         self.constraints: list[GroupConstraint] = []
         self.gqa: list[GQAConstraint] = []
         self.constants: list[tuple[int, str]] = []
 
+    def __len__(self) -> int:
+        """The number of slots (PIN included)."""
+        return self._size
+
     def new(self, count: int) -> np.ndarray:
         """``count`` fresh, independent slots."""
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
+        start = self._size
+        if start + count > len(self._parent):
+            grown = np.zeros(max(2 * len(self._parent), start + count), dtype=np.int64)
+            grown[:start] = self._parent[:start]
+            self._parent = grown
+        self._parent[start:start + count] = np.arange(start, start + count)
+        self._size = start + count
         return np.arange(start, start + count, dtype=np.int64)
 
-    def find(self, slot: int) -> int:
-        parent = self.parent
-        root = slot
-        while parent[root] != root:
-            root = parent[root]
-        while parent[slot] != root:
-            parent[slot], slot = root, parent[slot]
-        return root
+    def find_many(self, slots: np.ndarray) -> np.ndarray:
+        """The class representative of every slot (with path compression)."""
+        parent = self._parent
+        roots = parent[slots]
+        while True:
+            up = parent[roots]
+            if np.array_equal(up, roots):
+                break
+            roots = up
+        parent[slots] = roots
+        return roots
 
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(int(a)), self.find(int(b))
-        if ra == rb:
-            return ra
-        if rb == PIN or (ra != PIN and rb < ra):
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        return ra
+    def find(self, slot: int) -> int:
+        return int(self.find_many(np.array([slot], dtype=np.int64))[0])
+
+    def roots(self) -> np.ndarray:
+        """The representative of every slot, indexed by slot."""
+        return self.find_many(np.arange(self._size, dtype=np.int64))
 
     def union_vectors(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Merge ``a[i]`` with ``b[i]`` for every ``i`` (the same channel of two aligned tensors)."""
+        """Merge ``a[i]`` with ``b[i]`` for every ``i`` (the same channel of two aligned tensors).
+
+        Vectorized: each round links every pair's larger root to its smaller one (PIN, 0, is the
+        smallest, so a pinned class stays pinned); a root that several pairs link in one round
+        keeps one of the links, and the next round merges the others."""
         if a is b:
             return
-        differ = np.nonzero(a != b)[0]
-        for i in differ:
-            self.union(a[i], b[i])
+        a, b = np.asarray(a, dtype=np.int64).ravel(), np.asarray(b, dtype=np.int64).ravel()
+        differ = a != b
+        a, b = a[differ], b[differ]
+        while len(a):
+            ra, rb = self.find_many(a), self.find_many(b)
+            apart = ra != rb
+            a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
+            self._parent[np.maximum(ra, rb)] = np.minimum(ra, rb)
 
     def union_all(self, slots: np.ndarray) -> int:
         """Merge every slot of ``slots`` into one class; returns its representative."""
         flat = np.unique(slots)
-        first = int(flat[0])
-        for other in flat[1:]:
-            self.union(first, other)
-        return self.find(first)
+        self.union_vectors(np.full(len(flat) - 1, flat[0]), flat[1:])
+        return self.find(int(flat[0]))
 
     def pin(self, slots: np.ndarray, reason: str, zero: np.ndarray | None = None, soft: bool = False) -> None:
         """Mark these slots as unremovable, remembering why (``reason`` names the op).
@@ -103,27 +121,42 @@ class ChannelClasses:
         A ``soft`` pin (a normalization over the channels, the model output) yields to a request
         to remove hidden channels (:meth:`request`).
         """
-        zero = np.zeros(len(slots), dtype=bool) if zero is None else np.asarray(zero, dtype=bool)
-        for slot, is_zero in zip(slots.tolist(), zero.tolist()):
-            if slot != PIN:
-                self.pins.append((slot, reason, is_zero, soft))
+        slots = np.asarray(slots, dtype=np.int64).ravel()
+        zero = np.zeros(len(slots), dtype=bool) if zero is None else \
+            np.broadcast_to(np.asarray(zero, dtype=bool), slots.shape).ravel()
+        real = slots != PIN
+        if real.any():
+            self.pins.append((slots[real], zero[real], reason, soft))
 
     def request(self, slots: np.ndarray, remove: np.ndarray, owner: str) -> None:
         """A norm over these channels says, by its mask, which of them leave the residual stream.
 
         Every norm on one stream must say the same (see :func:`decide`)."""
-        for slot, flag in zip(slots.tolist(), np.asarray(remove, dtype=bool).tolist()):
-            if slot != PIN:
-                self.requests.append((slot, flag, owner))
+        slots = np.asarray(slots, dtype=np.int64).ravel()
+        remove = np.broadcast_to(np.asarray(remove, dtype=bool), slots.shape).ravel()
+        real = slots != PIN
+        if real.any():
+            self.requests.append((slots[real], remove[real], owner))
 
     def constrain_gqa(self, constraint: GQAConstraint) -> None:
         self.gqa.append(constraint)
 
     def read(self, slots: np.ndarray, ok: np.ndarray) -> None:
         """A channel-mixing consumer reads ``slots``; ``ok[i]`` says it reads a zero (or ignores it)."""
-        for slot, good in zip(slots.tolist(), np.asarray(ok, dtype=bool).tolist()):
-            if slot != PIN:
-                self.reads.append((slot, good))
+        slots = np.asarray(slots, dtype=np.int64).ravel()
+        ok = np.broadcast_to(np.asarray(ok, dtype=bool), slots.shape).ravel()
+        self._reads.append((slots, ok))
+
+    def read_roots(self, roots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The classes read anywhere, those read as a non-zero somewhere, and those read as a zero
+        somewhere (``roots``: slot -> class)."""
+        if not self._reads:
+            return (np.zeros(0, np.int64),) * 3
+        slots = np.concatenate([s for s, _ in self._reads])
+        ok = np.concatenate([o for _, o in self._reads])
+        real = slots != PIN
+        read = roots[slots[real]]
+        return np.unique(read), np.unique(read[~ok[real]]), np.unique(read[ok[real]])
 
     def keep_constant(self, slots: np.ndarray, reason: str) -> None:
         """A consumer reads these slots as non-zero constants it cannot fold into its bias (the read
@@ -155,26 +188,12 @@ def decide(classes: ChannelClasses) -> Decision:
 
     :raises SpeedupError: norms on one residual stream carry different masks.
     """
-    roots = np.array([classes.find(i) for i in range(len(classes.parent))], dtype=np.int64)
-    all_ok: dict[int, bool] = {}
-    any_ok: set[int] = set()
-    for slot, good in classes.reads:
-        root = int(roots[slot])
-        all_ok[root] = all_ok.get(root, True) and good
-        if good:
-            any_ok.add(root)
-    wanted = {root for root, good in all_ok.items() if good and root != PIN}
-    pin_reasons: dict[int, str] = {}
-    hard_reasons: dict[int, str] = {}
-    for slot, reason, is_zero, soft in classes.pins:
-        root = int(roots[slot])
-        if is_zero and root not in pin_reasons and all_ok.get(root, True):
-            wanted.add(root)
-            pin_reasons[root] = reason
-        if not soft:
-            hard_reasons.setdefault(root, reason)
-    for slot, reason, _, _ in classes.pins:
-        pin_reasons.setdefault(int(roots[slot]), reason)
+    roots = classes.roots()
+    read, read_bad, read_ok = classes.read_roots(roots)
+    any_ok = set(read_ok.tolist())
+    wanted = set(np.setdiff1d(read, read_bad).tolist()) - {PIN}  # every read of the class is a zero
+    pinned_zero, pin_reasons, hard_reasons = _pin_reasons(classes.pins, roots, read_bad)
+    wanted |= pinned_zero
     removed = {root for root in wanted if root not in pin_reasons}
     kept_by: dict[str, int] = defaultdict(int)
     for root in wanted:
@@ -203,18 +222,53 @@ def decide(classes: ChannelClasses) -> Decision:
     return Decision(removed=frozenset(removed), kept_by=dict(kept_by), roots=roots, removed_slots=flags[roots])
 
 
+def _chunks(chunks: list[tuple], roots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate ``(slots, flags, ...)`` chunks: the classes of the slots, the flags, and the
+    chunk each element came from."""
+    slots = np.concatenate([chunk[0] for chunk in chunks])
+    flags = np.concatenate([chunk[1] for chunk in chunks])
+    which = np.repeat(np.arange(len(chunks)), [len(chunk[0]) for chunk in chunks])
+    return roots[slots], flags, which
+
+
+def _first_of(classes_: np.ndarray, which: np.ndarray, labels: list[str]) -> dict[int, str]:
+    """For every class, the label of the first chunk that names it."""
+    found, first = np.unique(classes_, return_index=True)
+    return {int(root): labels[int(which[i])] for root, i in zip(found, first)}
+
+
+def _pin_reasons(pins: list[tuple], roots: np.ndarray, read_bad: np.ndarray) -> tuple[set, dict, dict]:
+    """From the pins, in the order they were made: the classes a zero pin makes removable (every
+    read of the class is a zero), and per class the reason that keeps it (the first such zero pin,
+    else the first pin) and the first hard (not soft) pin's reason."""
+    if not pins:
+        return set(), {}, {}
+    pinned, zero, which = _chunks(pins, roots)
+    reasons = [reason for _, _, reason, _ in pins]
+    soft = np.array([is_soft for _, _, _, is_soft in pins], dtype=bool)
+    candidates = zero & ~np.isin(pinned, read_bad)
+    zero_reasons = _first_of(pinned[candidates], which[candidates], reasons)
+    hard = ~soft[which]
+    return set(zero_reasons), {**_first_of(pinned, which, reasons), **zero_reasons}, \
+        _first_of(pinned[hard], which[hard], reasons)
+
+
 def _requested(classes: ChannelClasses, roots: np.ndarray) -> set[int]:
     """Classes that the norms of their stream ask to remove; norms that disagree are an error."""
-    votes: dict[int, dict[bool, set[str]]] = {}
-    for slot, flag, owner in classes.requests:
-        votes.setdefault(int(roots[slot]), {True: set(), False: set()})[flag].add(owner)
-    for root, by_flag in votes.items():
-        if by_flag[True] and by_flag[False]:
-            raise SpeedupError(
-                "norms on one residual stream must carry the same mask (a zero in a norm's weight mask removes "
-                f"that hidden channel from the whole stream): {sorted(by_flag[True])} prune a channel that "
-                f"{sorted(by_flag[False])} keep")
-    return {root for root, by_flag in votes.items() if by_flag[True] and root != PIN}
+    if not classes.requests:
+        return set()
+    requested, remove, which = _chunks(classes.requests, roots)
+    conflicts = np.intersect1d(requested[remove], requested[~remove])
+    if len(conflicts):
+        first = int(requested[np.isin(requested, conflicts)][0])
+        owners = [owner for _, _, owner in classes.requests]
+        here = requested == first
+        pruning = sorted({owners[i] for i in which[here & remove]})
+        keeping = sorted({owners[i] for i in which[here & ~remove]})
+        raise SpeedupError(
+            "norms on one residual stream must carry the same mask (a zero in a norm's weight mask removes "
+            f"that hidden channel from the whole stream): {pruning} prune a channel that {keeping} keep")
+    return set(np.unique(requested[remove]).tolist()) - {PIN}
 
 
 def _resolve_gqa(constraints: list[GQAConstraint], roots: np.ndarray, removed: set, kept_by) -> set:

@@ -81,7 +81,8 @@ def filter_masks(module: nn.Module, channel_mask: torch.Tensor) -> dict[str, tor
 
 def kept_channels(wrapper: ModuleWrapper) -> torch.Tensor:
     """The output channels of a wrapped layer that its weight mask keeps (any weight kept)."""
-    return (filter_view(wrapper.module, wrapper.weight_mask).flatten(1) != 0).any(dim=1).to(wrapper.weight_mask.dtype)
+    flat = filter_view(wrapper.module, wrapper.weight_mask).flatten(1)
+    return ((flat.amax(dim=1) != 0) | (flat.amin(dim=1) != 0)).to(flat.dtype)  # no mask-sized temporary
 
 
 class FilterPruner(Pruner):

@@ -2,8 +2,8 @@
 
 Run from the repository root with a Python that has ``transformers`` and ``torch-pruning``:
 
-    PYTHONPATH=. /work/peers/bin/python benchmarks/transformers.py bert  [--repeats 3] [--runs 10]
-    PYTHONPATH=. /work/peers/bin/python benchmarks/transformers.py llama [--dtype float32] [--profile]
+    PYTHONPATH=. /work/peers/bin/python benchmarks/transformer_speedup.py bert  [--repeats 3] [--runs 10]
+    PYTHONPATH=. /work/peers/bin/python benchmarks/transformer_speedup.py llama [--dtype float32] [--profile]
 
 ``bert``: BERT-base shape (12 layers, hidden 768, 12 heads, FFN 3072). Half the heads of every layer and
 half the FFN neurons of every layer, hidden size kept. nncore: masks from its pruners (heads ranked by the
@@ -48,10 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-# this file is called transformers.py: keep its folder off the path so `import transformers` finds the library
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's nncore
 
 from nncore.speedup import ModelSpeedup, find_attention_groups  # noqa: E402
 from nncore.speedup.masks import apply_masks  # noqa: E402

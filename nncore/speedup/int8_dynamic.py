@@ -7,7 +7,8 @@ Runtime's ``quantize_dynamic`` writes it::
     x_q, x_scale, x_zero_point = DynamicQuantizeLinear(x)        # one per input tensor, shared
     y = Cast(MatMulInteger(x_q, W_int8, x_zero_point, 0)) * (x_scale * w_scale) [+ bias]
 
-with ``W_int8`` symmetric per output column (7-bit with ``reduce_range``). ONNX Runtime fuses it
+with ``W_int8`` symmetric per output column (7-bit with ``reduce_range``), or with one scale for the
+whole weight (``per_channel=False``, ``quantize_dynamic``'s default). ONNX Runtime fuses it
 into ``DynamicQuantizeMatMul`` / ``MatMulIntegerToFloat``. Activation-by-activation products
 (attention scores) stay float, as in ``quantize_dynamic``.
 """
@@ -32,8 +33,9 @@ class DynamicRewriter:
     docstring); with ``only``, just the nodes of those modules."""
 
     def __init__(self, model: onnx.ModelProto, reduce_range: bool, scopes: Scopes,
-                 only: Collection[str] | None = None):
+                 only: Collection[str] | None = None, per_channel: bool = True):
         self.g = OnnxGraph(model)
+        self.per_channel = per_channel
         self.weight_qmax = 63 if reduce_range else 127
         self.scopes = scopes
         self.only = None if only is None else set(only)
@@ -46,8 +48,7 @@ class DynamicRewriter:
         weight = self.g.initializers[node.input[1]]
         if len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT or weight_input_axis(node) is None:
             return False
-        if node.op_type == "Gemm" and (not _plain_gemm(node) or (len(node.input) > 2 and node.input[2]
-                                                                 and node.input[2] not in self.g.initializers)):
+        if node.op_type == "Gemm" and not _plain_gemm(node):
             return False
         return self.only is None or self.scopes.node_module(node) in self.only
 
@@ -67,7 +68,11 @@ class DynamicRewriter:
             weight = self.g.constant(node.input[1])
             if weight_input_axis(node) == 0:  # Gemm with transB: the weight is [out, in]
                 weight = weight.T
-            w_int, w_scale = symmetric_per_channel(weight, 1, self.weight_qmax)
+            if self.per_channel:
+                w_int, w_scale = symmetric_per_channel(weight, 1, self.weight_qmax)
+            else:  # one channel: the whole weight
+                w_int, w_scale = symmetric_per_channel(weight.reshape(1, -1), 0, self.weight_qmax)
+                w_int, w_scale = w_int.reshape(weight.shape), w_scale.reshape(())
             name = node.name or node.output[0]
             w_q = self.g.add_initializer(f"{name}/weight_int8", w_int)
             w_s = self.g.add_initializer(f"{name}/weight_scale", w_scale)

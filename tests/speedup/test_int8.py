@@ -126,6 +126,7 @@ def test_prune_speed_up_quantize_and_run_int8_end_to_end(tmp_path):
     ({"input_shape": [1, 0, 8]}, "input_shape must be a list of positive ints, got [1, 0, 8]"),
     ({"input_shape": None, "dummy_input": "x"}, "dummy_input must be a tensor, a tuple/list of tensors or a dict"),
     ({"dynamic_axes": {"pixels": [0]}}, "dynamic_axes names inputs that dummy_input does not have: pixels (inputs: input)"),
+    ({"per_channel": False}, "per_channel=False applies to mode='dynamic' only"),
 ])
 def test_bad_arguments_are_config_errors_and_write_nothing(kwargs, message, tmp_path):
     model, quantizer = qat_model(batches=1)

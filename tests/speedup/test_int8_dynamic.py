@@ -60,6 +60,24 @@ def test_bert_dynamic_int8_runs_integer_matmuls_at_any_sequence_length(tmp_path)
         assert_close(session.run(["last_hidden_state"], {"input_ids": ids.numpy()})[0], expected)
 
 
+def test_per_tensor_8_bit_weights_as_quantize_dynamic_writes_by_default(tmp_path):
+    model = bert()
+    path = export_int8_onnx(model, None, tmp_path / "bert.onnx", dummy_input=token_ids(), mode="dynamic",
+                            per_channel=False, reduce_range=False)
+    graph = onnx.load(str(path)).graph
+    scales = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("/weight_scale")}
+    assert len(scales) == 13 and all(scale.shape == () for scale in scales.values())
+    weights = int8_weights(path)
+    # one scale per layer: the largest |w| of the whole layer maps to 127
+    assert len(weights) == 13 and all(int(np.abs(w).max()) == 127 for w in weights.values())
+    session, ops = session_and_ops(path, tmp_path)
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulIntegerToFloat") == 13
+    ids = tokens(2, 9, seed=4)
+    with torch.no_grad():
+        expected = model(input_ids=ids).last_hidden_state
+    assert_close(session.run(["last_hidden_state"], {"input_ids": ids.numpy()})[0], expected)
+
+
 def test_llama_dynamic_int8_with_an_attention_mask(tmp_path):
     model = llama()
     ids = token_ids()["input_ids"]

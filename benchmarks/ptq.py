@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import statistics
 import tempfile
 import time
@@ -49,6 +48,8 @@ from typing import Callable
 import numpy as np
 import onnxruntime as ort
 import torch
+
+from bench_utils import seed_everything  # noqa: E402
 import torch.nn as nn
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
@@ -62,12 +63,6 @@ from nncore.zoo import DigitsCNN, resnet18
 WIO8 = [{"quant_types": ["weight", "input", "output"], "quant_bits": 8, "op_types": ["default"]}]
 PERCENTILE = 99.99
 OBSERVERS = {"minmax": "MinMax", "percentile": "Percentile", "mse": "MinMax", "entropy": "Entropy"}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class DigitsTransformer(nn.Module):

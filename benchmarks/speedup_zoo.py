@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -40,9 +39,10 @@ import traceback
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
+
+from bench_utils import count_params, load_average, seed_everything  # noqa: E402
 
 try:
     import nncore  # noqa: F401  (the engine under test: whichever is first on PYTHONPATH)
@@ -53,20 +53,6 @@ warnings.filterwarnings("ignore")
 EXACT = 1e-4
 TRANSFORMERS = ("vit_b_16", "swin_t", "convnext_tiny")
 INPUT_SIZE = {"inception_v3": 299}  # its auxiliary head (train mode) needs 299x299; every other model 224x224
-
-
-def seed_everything(seed: int = 0) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_average() -> str:
-    return "load average %.1f %.1f %.1f (%d CPUs)" % (*os.getloadavg(), os.cpu_count())
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def engine_description() -> str:

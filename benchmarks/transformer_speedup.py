@@ -35,8 +35,6 @@ import argparse
 import copy
 import gc
 import json
-import os
-import random
 import statistics
 import subprocess
 import sys
@@ -44,9 +42,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
+
+from bench_utils import count_params, load_average, seed_everything  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's nncore
 
@@ -54,20 +53,6 @@ from nncore.speedup import ModelSpeedup, find_attention_groups  # noqa: E402
 from nncore.speedup.masks import apply_masks  # noqa: E402
 
 warnings.filterwarnings("ignore")
-
-
-def seed_everything(seed: int = 0) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def load_average() -> str:
-    return "load average %.1f %.1f %.1f (%d CPUs)" % (*os.getloadavg(), os.cpu_count())
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def relative_difference(result: torch.Tensor, reference: torch.Tensor) -> float:

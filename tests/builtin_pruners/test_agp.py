@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import nncore
 from nncore.builtin_pruners import AGP_Pruner, AGPPruner

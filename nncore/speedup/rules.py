@@ -157,6 +157,9 @@ class ConvRule(ShrinkRule):
 class LinearRule(ShrinkRule):
     """``nn.Linear``: input and output features on the last dimension."""
 
+    out_axis = 0
+    """The weight's axis of the output features (the other one holds the inputs)."""
+
     def propagate(self, ctx, node, module, inputs, output):
         x = inputs[0]
         if not isinstance(x, TInfo):
@@ -164,12 +167,14 @@ class LinearRule(ShrinkRule):
         name = str(node.target)
         masked = ctx.is_masked(name)
         weight = ctx.weight_mask(name) if masked else module.weight.detach()
-        column_zero = zero_slabs(weight, 1) if masked else np.zeros(weight.shape[1], bool)
+        out_axis, in_axis = self.out_axis, 1 - self.out_axis
+        width = weight.shape[out_axis]
+        column_zero = zero_slabs(weight, in_axis) if masked else np.zeros(weight.shape[in_axis], bool)
         ctx.classes.read(x.slots[-1], x.zero[-1] | column_zero | folded_inputs(ctx, node, module, x, x.ndim - 1))
-        out_slots = ctx.classes.new(module.out_features)
-        bias_zero = np.ones(module.out_features, bool) if module.bias is None else (
-            (module.bias.detach() == 0).numpy() if masked else np.zeros(module.out_features, bool))
-        filter_zero = zero_slabs(weight, 0) if masked else np.zeros(module.out_features, bool)
+        out_slots = ctx.classes.new(width)
+        bias_zero = np.ones(width, bool) if module.bias is None else (
+            (module.bias.detach() == 0).numpy() if masked else np.zeros(width, bool))
+        filter_zero = zero_slabs(weight, out_axis) if masked else np.zeros(width, bool)
         if masked:
             ctx.filter_zero[name] = filter_zero
         zero = filter_zero & bias_zero
@@ -180,57 +185,34 @@ class LinearRule(ShrinkRule):
 
     def shrink(self, module, kept):
         keep_in, keep_out = kept("in"), kept("out")
-        _set_param(module, "weight", _slice_2d(module.weight, keep_out, keep_in))
+        rows, columns = (keep_out, keep_in) if self.out_axis == 0 else (keep_in, keep_out)
+        _set_param(module, "weight", _slice_2d(module.weight, rows, columns))
         _set_param(module, "bias", _slice(module.bias, keep_out, 0))
-        module.in_features, module.out_features = len(keep_in), len(keep_out)
+        self.set_sizes(module, len(keep_in), len(keep_out))
         return None
+
+    def set_sizes(self, module: nn.Module, inputs: int, outputs: int) -> None:
+        module.in_features, module.out_features = inputs, outputs
 
     def axis_params(self, module, key):
         if key == "out":
-            return [(module.weight, 0)] + ([(module.bias, 0)] if module.bias is not None else [])
-        return [(module.weight, 1)] if key == "in" else []
+            return [(module.weight, self.out_axis)] + ([(module.bias, 0)] if module.bias is not None else [])
+        return [(module.weight, 1 - self.out_axis)] if key == "in" else []
 
 
-class Conv1DRule(ShrinkRule):
+class Conv1DRule(LinearRule):
     """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose weight is stored ``(in, out)``."""
 
-    def propagate(self, ctx, node, module, inputs, output):
-        x = inputs[0]
-        if not isinstance(x, TInfo):
-            return ctx.barrier(node, output)
-        name = str(node.target)
-        masked = ctx.is_masked(name)
-        mask = ctx.weight_mask(name) if masked else None
-        width = module.weight.shape[1]
-        ctx.classes.read(x.slots[-1], x.zero[-1] | (zero_slabs(mask, 0) if masked else no_zero(len(x.slots[-1]))))
-        out_slots = ctx.classes.new(width)
-        filter_zero = zero_slabs(mask, 1) if masked else no_zero(width)
-        if masked:
-            ctx.filter_zero[name] = filter_zero
-        bias_zero = np.ones(width, bool) if module.bias is None else (
-            (module.bias.detach() == 0).numpy() if masked else no_zero(width))
-        ctx.record(name, "in", x.slots[-1])
-        ctx.record(name, "out", out_slots)
-        lead = x.slots[:-1]
-        return TInfo(lead + [out_slots], [no_zero(len(s)) for s in lead] + [filter_zero & bias_zero])
+    out_axis = 1
 
-    def shrink(self, module, kept):
-        keep_in, keep_out = kept("in"), kept("out")
-        _set_param(module, "weight", _slice_2d(module.weight, keep_in, keep_out))
-        _set_param(module, "bias", _slice(module.bias, keep_out, 0))
-        module.nf = len(keep_out)
+    def set_sizes(self, module, inputs, outputs):
+        module.nf = outputs
         if hasattr(module, "nx"):
-            module.nx = len(keep_in)
-        return None
+            module.nx = inputs
 
     def applies_to(self, module):
         weight = getattr(module, "weight", None)
         return isinstance(weight, torch.Tensor) and weight.dim() == 2 and getattr(module, "nf", None) == weight.shape[1]
-
-    def axis_params(self, module, key):
-        if key == "out":
-            return [(module.weight, 1)] + ([(module.bias, 0)] if module.bias is not None else [])
-        return [(module.weight, 0)] if key == "in" else []
 
 
 class EmbeddingRule(ShrinkRule):

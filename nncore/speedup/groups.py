@@ -84,9 +84,6 @@ class ChannelClasses:
         parent[slots] = roots
         return roots
 
-    def find(self, slot: int) -> int:
-        return int(self.find_many(np.array([slot], dtype=np.int64))[0])
-
     def roots(self) -> np.ndarray:
         """The representative of every slot, indexed by slot."""
         return self.find_many(np.arange(self._size, dtype=np.int64))
@@ -107,12 +104,6 @@ class ChannelClasses:
             apart = ra != rb
             a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
             self._parent[np.maximum(ra, rb)] = np.minimum(ra, rb)
-
-    def union_all(self, slots: np.ndarray) -> int:
-        """Merge every slot of ``slots`` into one class; returns its representative."""
-        flat = np.unique(slots)
-        self.union_vectors(np.full(len(flat) - 1, flat[0]), flat[1:])
-        return self.find(int(flat[0]))
 
     def pin(self, slots: np.ndarray, reason: str, zero: np.ndarray | None = None, soft: bool = False) -> None:
         """Mark these slots as unremovable, remembering why (``reason`` names the op).

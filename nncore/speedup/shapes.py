@@ -50,10 +50,10 @@ def _split(ctx, node, key, flat_slots, flat_zero, sizes: list[int], out_dims: li
     if ctx.preferred.get(node) in out_dims:  # attention heads (see attention.preferred_splits)
         default = out_dims.index(ctx.preferred[node])
     carrier = ctx.choose(node, key, len(sizes), default)
-    grid = flat_slots.reshape(sizes)
-    vector = np.empty(sizes[carrier], dtype=np.int64)
-    for i in range(sizes[carrier]):
-        vector[i] = ctx.classes.union_all(np.take(grid, i, axis=carrier))
+    rows = np.moveaxis(flat_slots.reshape(sizes), carrier, 0).reshape(sizes[carrier], -1)
+    # every index of the carrier merges the slots it spans, all in one vectorized union
+    ctx.classes.union_vectors(np.repeat(rows[:, :1], rows.shape[1] - 1, axis=1), rows[:, 1:])
+    vector = ctx.classes.find_many(rows[:, 0])
     slots = [vector if k == carrier else pinned_vector(n) for k, n in enumerate(sizes)]
     return slots, zeros
 

@@ -44,6 +44,14 @@ class GroupConstraint:
     out_slots: np.ndarray = attrs.field(eq=False)
 
 
+def _without_pin(slots: np.ndarray, flags: np.ndarray | bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(slots, one flag per slot)`` without the PIN slot (``None`` when nothing is left)."""
+    slots = np.asarray(slots, dtype=np.int64).ravel()
+    flags = np.broadcast_to(np.asarray(flags, dtype=bool), slots.shape).ravel()
+    real = slots != PIN
+    return (slots[real], flags[real]) if real.any() else None
+
+
 class ChannelClasses:
     """Union-find over slots, plus the facts that decide whether a class may be removed."""
 
@@ -56,10 +64,6 @@ class ChannelClasses:
         self.constraints: list[GroupConstraint] = []
         self.gqa: list[GQAConstraint] = []
         self.constants: list[tuple[int, str]] = []
-
-    def __len__(self) -> int:
-        """The number of slots (PIN included)."""
-        return self._size
 
     def new(self, count: int) -> np.ndarray:
         """``count`` fresh, independent slots."""
@@ -112,42 +116,34 @@ class ChannelClasses:
         A ``soft`` pin (a normalization over the channels, the model output) yields to a request
         to remove hidden channels (:meth:`request`).
         """
-        slots = np.asarray(slots, dtype=np.int64).ravel()
-        zero = np.zeros(len(slots), dtype=bool) if zero is None else \
-            np.broadcast_to(np.asarray(zero, dtype=bool), slots.shape).ravel()
-        real = slots != PIN
-        if real.any():
-            self.pins.append((slots[real], zero[real], reason, soft))
+        chunk = _without_pin(slots, False if zero is None else zero)
+        if chunk is not None:
+            self.pins.append((*chunk, reason, soft))
 
     def request(self, slots: np.ndarray, remove: np.ndarray, owner: str) -> None:
         """A norm over these channels says, by its mask, which of them leave the residual stream.
 
         Every norm on one stream must say the same (see :func:`decide`)."""
-        slots = np.asarray(slots, dtype=np.int64).ravel()
-        remove = np.broadcast_to(np.asarray(remove, dtype=bool), slots.shape).ravel()
-        real = slots != PIN
-        if real.any():
-            self.requests.append((slots[real], remove[real], owner))
+        chunk = _without_pin(slots, remove)
+        if chunk is not None:
+            self.requests.append((*chunk, owner))
 
     def constrain_gqa(self, constraint: GQAConstraint) -> None:
         self.gqa.append(constraint)
 
     def read(self, slots: np.ndarray, ok: np.ndarray) -> None:
         """A channel-mixing consumer reads ``slots``; ``ok[i]`` says it reads a zero (or ignores it)."""
-        slots = np.asarray(slots, dtype=np.int64).ravel()
-        ok = np.broadcast_to(np.asarray(ok, dtype=bool), slots.shape).ravel()
-        self._reads.append((slots, ok))
+        chunk = _without_pin(slots, ok)
+        if chunk is not None:
+            self._reads.append(chunk)
 
     def read_roots(self, roots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The classes read anywhere, those read as a non-zero somewhere, and those read as a zero
         somewhere (``roots``: slot -> class)."""
         if not self._reads:
             return (np.zeros(0, np.int64),) * 3
-        slots = np.concatenate([s for s, _ in self._reads])
-        ok = np.concatenate([o for _, o in self._reads])
-        real = slots != PIN
-        read = roots[slots[real]]
-        return np.unique(read), np.unique(read[~ok[real]]), np.unique(read[ok[real]])
+        read, ok, _ = _chunks(self._reads, roots)
+        return np.unique(read), np.unique(read[~ok]), np.unique(read[ok])
 
     def keep_constant(self, slots: np.ndarray, reason: str) -> None:
         """A consumer reads these slots as non-zero constants it cannot fold into its bias (the read

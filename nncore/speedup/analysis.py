@@ -36,11 +36,12 @@ class Analysis:
     :ivar decision: removed classes and the reasons others were kept
     """
 
-    def __init__(self, model: nn.Module, dummy_input: Any, masks: dict | None = None) -> None:
+    def __init__(self, model: nn.Module, dummy_input: Any, masks: dict | None = None,
+                 real_output: bool = False) -> None:
         self.rules = extra_rules()
         args, kwargs = split_inputs(dummy_input)
         self.capture = capture(model, args, kwargs, lambda module: find_rule(module, self.rules) is not None,
-                               tuple(self.rules) + builtin_leaf_types())
+                               tuple(self.rules) + builtin_leaf_types(), real_output)
         self.masks = dict(masks or {})
         self.cores = find_cores(self.capture)
         self.cache: dict = {"preferred": preferred_splits(self.capture, self.cores)}

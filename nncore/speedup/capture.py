@@ -41,6 +41,7 @@ import torch.fx as fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from nncore.speedup.dryrun import DryRun
 from nncore.speedup.graph import record_values, shape_only, trace_fx
 
 IsLeaf = Callable[[nn.Module], bool]
@@ -91,8 +92,12 @@ class Capture:
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
-            leaf_types: tuple[type, ...]) -> Capture:
-    """Capture ``model`` (in its current mode) on ``args``/``kwargs``; see the module docstring."""
+            leaf_types: tuple[type, ...], real_output: bool = False) -> Capture:
+    """Capture ``model`` (in its current mode) on ``args``/``kwargs``; see the module docstring.
+
+    A recording skips the products of linear layers (:mod:`~nncore.speedup.dryrun`) unless
+    ``real_output`` asks for the model's real output in :attr:`Capture.output`.
+    """
     try:
         gm = trace_fx(model, leaf_types, is_leaf)
     except Exception:
@@ -102,16 +107,14 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
         result = Capture([gm.graph], values, model, "fx", output, gm)
         visited = _fx_visited(gm)
     else:
-        recorder = _Recorder(model, is_leaf)
-        recorder.record(args, kwargs)
+        recorder = _record(model, is_leaf, args, kwargs, dry=not real_output)
         result = Capture([recorder.graph], recorder.values, model, "dispatch", recorder.output)
         visited = recorder.visited
     unvisited = _unvisited(model, visited)
     if unvisited:
-        recorder = _Recorder(model, is_leaf)
         try:
             with _training_branches(model):
-                recorder.record(args, kwargs)
+                recorder = _record(model, is_leaf, args, kwargs, dry=True)
         except Exception as exc:  # noqa: BLE001 - the model's own training-mode code failed on dummy_input
             result.training_error = f"{type(exc).__name__}: {exc}"
         else:
@@ -120,6 +123,21 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
             unvisited = _unvisited(model, visited | recorder.visited)
     result.unvisited = tuple(unvisited)
     return result
+
+
+def _record(model: nn.Module, is_leaf: IsLeaf, args: tuple, kwargs: dict, dry: bool) -> "_Recorder":
+    """One recorded forward pass: a dry run if asked and possible, otherwise a real one."""
+    if dry:
+        recorder = _Recorder(model, is_leaf)
+        try:
+            recorder.record(args, kwargs, DryRun())
+        except Exception:  # noqa: BLE001 - the code reads skipped values or fails on them: record for real
+            pass
+        else:
+            return recorder
+    recorder = _Recorder(model, is_leaf)
+    recorder.record(args, kwargs)
+    return recorder
 
 
 def _fx_visited(gm: fx.GraphModule) -> set[str]:
@@ -192,7 +210,8 @@ class _Recorder(TorchFunctionMode):
         self.output: Any = None
 
     # -- driving -------------------------------------------------------------------------------
-    def record(self, args: tuple, kwargs: dict) -> None:
+    def record(self, args: tuple, kwargs: dict, mode: TorchFunctionMode | None = None) -> None:
+        """Run the model once, recording it (inside ``mode`` too, if given)."""
         handles = []
         for name, module in self.model.named_modules():
             handles.append(module.register_forward_pre_hook(self._pre_hook(name, module), with_kwargs=True))
@@ -200,7 +219,7 @@ class _Recorder(TorchFunctionMode):
         try:
             args = tuple(self._inputs(f"input_{i}", a) for i, a in enumerate(args))
             kwargs = {key: self._inputs(key, value) for key, value in kwargs.items()}
-            with torch.no_grad(), self:
+            with torch.no_grad(), mode or contextlib.nullcontext(), self:
                 self.output = self.model(*args, **kwargs)
             self.graph.output(self._arg(self.output))
         finally:

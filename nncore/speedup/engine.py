@@ -18,6 +18,7 @@ from nncore.speedup.masks import apply_masks, read_masks
 from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, mask_weights, owner_of,
                                     replace_module, set_attr, use_graph_forward, zero_filters)
 from nncore.speedup.capture import flat_tensors
+from nncore.speedup.dryrun import check_shapes
 from nncore.speedup.heads import update_head_attributes
 from nncore.speedup.norms import update_norm_shapes
 from nncore.speedup.persist import new_step, record_step, rewrite_record
@@ -120,7 +121,7 @@ class ModelSpeedup:
         model.eval()
         args, kwargs = split_inputs(self.dummy_input)
         try:
-            analysis = Analysis(model, self.dummy_input, self.masks)
+            analysis = Analysis(model, self.dummy_input, self.masks, real_output=self.verify)
         except SpeedupError:
             raise
         except Exception as exc:
@@ -169,9 +170,11 @@ class ModelSpeedup:
             step["attributes"] = {**update_head_attributes(analysis, journal),
                                   **update_norm_shapes(analysis.ctx, analysis.decision, journal)}
             rewritten = self._rewrite(analysis, journal, step)
-            if self.verify or capture.method == "dispatch":
+            if self.verify:
                 with torch.no_grad():
                     result = model(*args, **kwargs)
+            elif capture.method == "dispatch":  # the model's own code must still run: stale sizes fail here
+                check_shapes(model, args, kwargs)
         except SpeedupError:
             raise
         except Exception as exc:

@@ -208,6 +208,7 @@ class _Recorder(TorchFunctionMode):
         self.stack: list[str] = []
         self.visited: set[str] = {""}
         self.output: Any = None
+        self.owner_types: dict[str, type] = {}
 
     # -- driving -------------------------------------------------------------------------------
     def record(self, args: tuple, kwargs: dict, mode: TorchFunctionMode | None = None) -> None:
@@ -318,8 +319,10 @@ class _Recorder(TorchFunctionMode):
         self.alive.append(tensor)
 
     def _set_meta(self, node: fx.Node, path: str, module: nn.Module | None) -> None:
-        owner = module if module is not None else (self.model.get_submodule(path) if path else self.model)
-        node.meta["nn_module_stack"] = {path: (path, type(owner))}
+        owner_type = self.owner_types.get(path) if module is None else type(module)
+        if owner_type is None:
+            owner_type = self.owner_types[path] = type(self.model.get_submodule(path) if path else self.model)
+        node.meta["nn_module_stack"] = {path: (path, owner_type)}
 
     def _arg(self, value: Any) -> Any:
         """A call's argument with every tensor replaced by its node."""

@@ -20,7 +20,8 @@ never make a channel look constant:
 * concatenation; max and adaptive pooling, and average pooling that averages real values only
   (no padding, or ``count_include_pad=False``): a constant channel stays that constant;
 * depthwise convolutions: ``c * sum(w) + b``, unless zero padding shows zeros at the border;
-* other shape ops (view, permute, split, indexing, expand), resizing, padding, other pooling and
+* permutes and transposes: the dimensions' constants are reordered;
+* other shape ops (view, split, indexing, expand), resizing, padding, other pooling and
   reductions over other dimensions: the op itself is run once on a probe that holds the known
   constants and NaN elsewhere (these ops carry a NaN to every output it reaches), and a slab is
   constant when the probe's output slab holds one finite value.
@@ -47,7 +48,8 @@ CASTS = {"contiguous", "clone", "detach", "identity", "requires_grad_", "cpu", "
 DROPOUTS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"}
 UNARY = (KEEP_ZERO | NO_ZERO) - CASTS - DROPOUTS - {"prelu", "stochastic_depth"}
 BINARY = {"add", "sub", "rsub", "mul", "div", "true_divide", "maximum", "minimum", "floordiv", "pow"}
-PROBED = (POOLS | {"permute", "transpose", "swapaxes", "swapdims", "t", "stack",
+PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "t"}
+PROBED = (POOLS | {"stack",
                    "chunk", "split", "tensor_split", "unbind", "getitem", "expand", "expand_as", "broadcast_to",
                    "flip", "roll", "pad", "mean", "sum", "amax", "amin", "max", "min"})
 ELEMENTWISE_MODULES = (
@@ -177,8 +179,9 @@ def extract(tensor: torch.Tensor) -> Consts:
         if tensor.numel() == 0:
             out.append(unknown(n))
             continue
-        slabs = tensor.movedim(d, 0).reshape(n, -1)
-        high, low = slabs.amax(dim=1), slabs.amin(dim=1)  # NaN propagates: a NaN slab is not constant
+        others = [i for i in range(tensor.dim()) if i != d]  # reduced in place: no moved copy
+        high = tensor.amax(dim=others) if others else tensor  # NaN propagates: a NaN slab is not constant
+        low = tensor.amin(dim=others) if others else tensor
         same = (high == low) & torch.isfinite(high)
         out.append(np.where(same.cpu().numpy(), high.double().cpu().numpy(), np.nan))
     return out
@@ -252,9 +255,32 @@ def _transfer(ctx, node: fx.Node, value: Any) -> Any:
         return _unary(ctx, node, first, lambda probe: _call(node, (probe,) + rest, kwargs))
     if name in CHANNEL_POOLS:
         return _channels_carried(first, value)
+    if name in PERMUTES:
+        order = _order(ctx, node, name, value.dim())
+        if order is not None:
+            return [first[d] for d in order] if known(first) and len(first) == len(order) else None
     if name in PROBED or name in VIEWS:
         return _probed(ctx, node, value, name)
     return None
+
+
+def _order(ctx, node: fx.Node, name: str, ndim: int) -> list[int] | None:
+    """Input dimension of each output dimension of a permute or transpose (``None``: not understood)."""
+    args, kwargs = ctx.value(tuple(node.args)), ctx.value(dict(node.kwargs))
+    order = list(range(ndim))
+    try:
+        if name == "permute":
+            dims = kwargs.get("dims", args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:])
+            order = [int(d) % ndim for d in dims]
+        elif name == "t" and ndim == 2:
+            order = [1, 0]
+        elif name in ("transpose", "swapaxes", "swapdims"):
+            a = int(args[1] if len(args) > 1 else kwargs["dim0"]) % ndim
+            b = int(args[2] if len(args) > 2 else kwargs["dim1"]) % ndim
+            order[a], order[b] = order[b], order[a]
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return order if sorted(order) == list(range(ndim)) else None
 
 
 def _pairs(value: Any) -> tuple:

@@ -2,9 +2,10 @@
 
 The speedup analysis reads the shapes of one forward pass, never its values, yet a real forward of a
 transformer spends nearly all its time in the matrix products of its linear layers (BERT-base on a
-128-token input: ~0.45 s of ~0.5 s on one core). Inside :class:`DryRun`, ``F.linear`` and
-``torch.addmm`` (``nn.Linear``, Hugging Face ``Conv1D``) check their operands exactly as torch does and
-return zeros of the result's shape instead of computing it; everything else runs for real.
+128-token input: ~0.45 s of ~0.5 s on one core). Inside :class:`DryRun`, ``F.linear``, ``torch.addmm``
+(``nn.Linear``, Hugging Face ``Conv1D``) and ``F.scaled_dot_product_attention`` return zeros of their
+result's shape instead of computing it, when their operands fit; when they do not, torch runs the op
+and raises its own error. Everything else runs for real.
 
 Zeros are not the real values, so the pass must not let them steer the code. Every tensor that
 depends on a skipped product is *tainted* (by storage, so views and in-place writes are covered),
@@ -62,39 +63,57 @@ def _key(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
 
 
-def _shape_error(func_name: str, message: str) -> RuntimeError:
-    return RuntimeError(f"{func_name}: {message}")
-
-
 def _linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Zeros shaped like ``F.linear``'s result after its checks; ``None`` for a case left to torch."""
-    if input.dim() < 1 or weight.dim() != 2:
+    """Zeros shaped like ``F.linear``'s result, or ``None`` (torch then runs it, and raises its own
+    error) unless the operands fit."""
+    if input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1] or not _alike(input, weight, bias):
         return None
-    if input.dtype != weight.dtype or input.device != weight.device:
-        raise _shape_error("linear", f"expected input and weight to have the same dtype and device, got "
-                                     f"{input.dtype}/{input.device} and {weight.dtype}/{weight.device}")
-    if input.shape[-1] != weight.shape[1]:
-        rows = input.numel() // max(input.shape[-1], 1)
-        raise _shape_error("linear", f"mat1 and mat2 shapes cannot be multiplied ({rows}x{input.shape[-1]} and "
-                                     f"{weight.shape[1]}x{weight.shape[0]})")
     shape = (*input.shape[:-1], weight.shape[0])
-    if bias is not None:
-        torch.broadcast_shapes(tuple(bias.shape), shape)
-    return torch.zeros(shape, dtype=input.dtype, device=input.device)
+    return _zeros(shape, input) if bias is None or _broadcasts(bias, shape) else None
 
 
 def _addmm(bias: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, **kwargs: Any) -> torch.Tensor | None:
-    if mat1.dim() != 2 or mat2.dim() != 2 or set(kwargs) - {"beta", "alpha"}:
+    """``torch.addmm`` (Hugging Face ``Conv1D``), as :func:`_linear`."""
+    if mat1.dim() != 2 or mat2.dim() != 2 or mat1.shape[1] != mat2.shape[0] or set(kwargs) - {"beta", "alpha"} \
+            or not _alike(mat1, mat2, bias):
         return None
-    if mat1.shape[1] != mat2.shape[0]:
-        raise _shape_error("addmm", f"mat1 and mat2 shapes cannot be multiplied ({mat1.shape[0]}x{mat1.shape[1]} "
-                                    f"and {mat2.shape[0]}x{mat2.shape[1]})")
-    if len({mat1.dtype, mat2.dtype, bias.dtype}) > 1:
-        raise _shape_error("addmm", f"expected the operands to have one dtype, got {bias.dtype}, {mat1.dtype}, "
-                                    f"{mat2.dtype}")
     shape = (mat1.shape[0], mat2.shape[1])
-    torch.broadcast_shapes(tuple(bias.shape), shape)
-    return torch.zeros(shape, dtype=mat1.dtype, device=mat1.device)
+    return _zeros(shape, mat1) if _broadcasts(bias, shape) else None
+
+
+def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               enable_gqa: bool = False) -> torch.Tensor | None:
+    """``F.scaled_dot_product_attention``, as :func:`_linear` (grouped-query heads included)."""
+    if min(query.dim(), key.dim(), value.dim()) < 2 or not _alike(query, key, value) \
+            or query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2] or key.dim() != value.dim() \
+            or (is_causal and attn_mask is not None):
+        return None
+    batch, kv_batch = tuple(query.shape[:-2]), tuple(key.shape[:-2])
+    if kv_batch != tuple(value.shape[:-2]):
+        return None
+    if batch != kv_batch and not (enable_gqa and len(batch) == len(kv_batch) >= 1 and batch[:-1] == kv_batch[:-1]
+                                  and kv_batch[-1] and batch[-1] % kv_batch[-1] == 0):
+        return None
+    if attn_mask is not None and (attn_mask.dtype not in (torch.bool, query.dtype)
+                                  or not _broadcasts(attn_mask, (*batch, query.shape[-2], key.shape[-2]))):
+        return None
+    return _zeros((*batch, query.shape[-2], value.shape[-1]), query)
+
+
+def _alike(first: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    return all(o is None or (o.dtype == first.dtype and o.device == first.device) for o in others)
+
+
+def _broadcasts(tensor: torch.Tensor, shape: tuple) -> bool:
+    try:
+        return torch.broadcast_shapes(tuple(tensor.shape), shape) == tuple(shape)
+    except RuntimeError:
+        return False
+
+
+def _zeros(shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
 
 def _updates_statistics(name: str, args: tuple, kwargs: dict) -> bool:
@@ -103,7 +122,8 @@ def _updates_statistics(name: str, args: tuple, kwargs: dict) -> bool:
     return running_mean is not None and bool(kwargs.get(flag, args[5] if len(args) > 5 else default))
 
 
-_SKIPPED = {F.linear: _linear, torch._C._nn.linear: _linear, torch.addmm: _addmm}
+_SKIPPED = {F.linear: _linear, torch._C._nn.linear: _linear, torch.addmm: _addmm,
+            F.scaled_dot_product_attention: _attention}
 
 
 class DryRun(TorchFunctionMode):

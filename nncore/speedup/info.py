@@ -64,15 +64,20 @@ def pinned_info(shape) -> TInfo:
 
 def zero_slabs(value: torch.Tensor, dim: int) -> np.ndarray:
     """For each index along ``dim``: is the whole slab exactly zero? (``value`` holds no negative
-    entries: a 0/1 mask.)"""
+    entries: a 0/1 mask.) Summed by matrix-vector products over a view: no copy of ``value``."""
     if value.dim() == 0:
         return np.zeros(0, dtype=bool)
+    n = value.shape[dim]
+    if value.numel() == 0:
+        return np.ones(n, dtype=bool)  # an empty slab holds nothing but zeros
     value = value.detach().to(torch.float32)
-    if dim == 0:
-        flat = value.reshape(value.shape[0], -1)
-        return (flat @ flat.new_ones(flat.shape[1]) == 0).cpu().numpy()
-    moved = value.movedim(dim, 0).reshape(value.shape[dim], -1)
-    return (moved.sum(dim=1) == 0).cpu().numpy()
+    outer = int(np.prod(value.shape[:dim], dtype=np.int64))
+    flat = value.reshape(outer, -1)
+    if outer > 1:
+        flat = (flat.new_ones(outer) @ flat).view(n, -1)
+    else:
+        flat = flat.view(n, -1)
+    return (flat @ flat.new_ones(flat.shape[1]) == 0).cpu().numpy()
 
 
 def norm_dim(dim: int, ndim: int) -> int:

@@ -103,7 +103,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
     except Exception:
         gm = None
     if gm is not None:
-        values, output = record_values(gm, args, kwargs)
+        values, output = record_values(gm, args, kwargs, dry=not real_output)
         result = Capture([gm.graph], values, model, "fx", output, gm)
         visited = _fx_visited(gm)
     else:

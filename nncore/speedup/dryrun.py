@@ -3,7 +3,7 @@
 The speedup analysis reads the shapes of one forward pass, never its values, yet a real forward of a
 transformer spends nearly all its time in the matrix products of its linear layers (BERT-base on a
 128-token input: ~0.45 s of ~0.5 s on one core). Inside :class:`DryRun`, ``F.linear``, ``torch.addmm``
-(``nn.Linear``, Hugging Face ``Conv1D``) and ``F.scaled_dot_product_attention`` return zeros of their
+(``nn.Linear``, Hugging Face ``Conv1D``), ``F.conv1d/2d/3d`` and ``F.scaled_dot_product_attention`` return zeros of their
 result's shape instead of computing it, when their operands fit; when they do not, torch runs the op
 and raises its own error. Everything else runs for real.
 
@@ -101,6 +101,37 @@ def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn
     return _zeros((*batch, query.shape[-2], value.shape[-1]), query)
 
 
+def _conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: Any = 1,
+          padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor | None:
+    """``F.conv1d/2d/3d``, as :func:`_linear`."""
+    n = weight.dim() - 2
+    if n < 1 or input.dim() != n + 2 or not _alike(input, weight, bias) or groups < 1 \
+            or input.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups \
+            or (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
+        return None
+    stride, dilation = _per_dim(stride, n), _per_dim(dilation, n)
+    if padding == "valid":
+        padding = 0
+    if padding == "same":
+        if any(s != 1 for s in stride):
+            return None
+        sizes = tuple(input.shape[2:])
+    else:
+        padding = _per_dim(padding, n)
+        if padding is None or stride is None or dilation is None:
+            return None
+        sizes = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                      zip(input.shape[2:], padding, dilation, weight.shape[2:], stride))
+    if any(size < 1 for size in sizes):
+        return None
+    return _zeros((input.shape[0], weight.shape[0], *sizes), input)
+
+
+def _per_dim(value: Any, n: int) -> tuple | None:
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
+    return values if len(values) == n and all(isinstance(v, int) and v >= 0 for v in values) else None
+
+
 def _alike(first: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return all(o is None or (o.dtype == first.dtype and o.device == first.device) for o in others)
 
@@ -123,7 +154,7 @@ def _updates_statistics(name: str, args: tuple, kwargs: dict) -> bool:
 
 
 _SKIPPED = {F.linear: _linear, torch._C._nn.linear: _linear, torch.addmm: _addmm,
-            F.scaled_dot_product_attention: _attention}
+            F.scaled_dot_product_attention: _attention, F.conv1d: _conv, F.conv2d: _conv, F.conv3d: _conv}
 
 
 class DryRun(TorchFunctionMode):

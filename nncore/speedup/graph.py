@@ -9,6 +9,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from nncore.speedup.dryrun import DryRun
+
 
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...], is_leaf) -> None:
@@ -56,15 +58,26 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def record_values(gm: fx.GraphModule, args: tuple, kwargs: dict) -> tuple[dict[fx.Node, Any], Any]:
+def record_values(gm: fx.GraphModule, args: tuple, kwargs: dict,
+                  dry: bool = False) -> tuple[dict[fx.Node, Any], Any]:
     """Every node's value on the dummy input (one forward pass, no grad), and the output;
     intermediate tensors are kept as storage-free ``meta`` tensors of the same shape, so memory stays flat.
+    ``dry``: skip the products (:mod:`~nncore.speedup.dryrun`) where the graph allows it; the output
+    is then not the model's.
 
     (Running on the ``meta`` device instead was tried: its first use in a process costs
     seconds of lazy initialisation, more than a real forward pass of a ResNet-50.)
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     flat = list(args) + [kwargs[n.target] for n in placeholders[len(args):] if n.target in kwargs]
+    if dry:
+        recorder = _Recorder(gm)
+        try:
+            with torch.no_grad(), DryRun():
+                output = recorder.run(*flat)
+            return recorder.shapes, output
+        except Exception:  # noqa: BLE001 - a value read, or a failure on zeros: record for real
+            pass
     recorder = _Recorder(gm)
     with torch.no_grad():
         output = recorder.run(*flat)

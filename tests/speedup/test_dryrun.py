@@ -29,6 +29,19 @@ def test_addmm_as_in_hugging_face_conv1d_is_skipped():
     assert out.shape == (6, 3) and mode.skipped == 1
 
 
+@pytest.mark.parametrize("x_shape, w_shape, options", [
+    ((2, 3, 17, 19), (8, 3, 3, 3), {"stride": 2, "padding": 1}),
+    ((2, 4, 17, 19), (8, 2, 3, 5), {"stride": (1, 2), "padding": (2, 0), "dilation": (2, 1), "groups": 2}),
+    ((1, 3, 9), (6, 3, 4), {"padding": "same"}),
+    ((1, 3, 9, 9, 9), (6, 1, 3, 3, 3), {"groups": 3, "padding": "valid"}),
+])
+def test_a_convolution_is_skipped_with_the_shape_torch_gives(x_shape, w_shape, options):
+    conv = {3: torch.nn.functional.conv1d, 4: torch.nn.functional.conv2d, 5: torch.nn.functional.conv3d}[len(w_shape)]
+    x, weight, bias = torch.randn(x_shape), torch.randn(w_shape), torch.randn(w_shape[0])
+    out, mode = _dry(lambda *a: conv(*a, **options), x, weight, bias)
+    assert out.shape == conv(x, weight, bias, **options).shape and mode.skipped == 1
+
+
 @pytest.mark.parametrize("gqa", [False, True])
 def test_attention_is_skipped_with_the_shape_torch_gives(gqa):
     q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 2 if gqa else 4, 7, 8), torch.randn(2, 2 if gqa else 4, 7, 3)
@@ -40,6 +53,8 @@ def test_attention_is_skipped_with_the_shape_torch_gives(gqa):
 
 
 @pytest.mark.parametrize("fn, args", [
+    (torch.nn.functional.conv2d, (torch.randn(1, 4, 8, 8), torch.randn(6, 3, 3, 3))),
+    (torch.nn.functional.conv2d, (torch.randn(1, 3, 2, 2), torch.randn(6, 3, 3, 3))),
     (torch.nn.functional.scaled_dot_product_attention, (torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 6),
                                                         torch.randn(1, 2, 5, 8))),
     (torch.nn.functional.linear, (torch.randn(2, 5), torch.randn(3, 4))),

@@ -88,7 +88,15 @@ class Capture:
             yield from graph.nodes
 
     def get_submodule(self, name: str) -> nn.Module:
-        return self.model.get_submodule(name)
+        """``model.get_submodule(name)``, walking the module dictionaries directly (called per node
+        and pass; ``nn.Module.get_submodule`` goes through ``__getattr__`` at every level)."""
+        module = self.model
+        try:
+            for part in name.split(".") if name else ():
+                module = module._modules[part]
+        except KeyError:
+            return self.model.get_submodule(name)  # raises its own error
+        return module
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,

@@ -32,7 +32,7 @@ def test_addmm_as_in_hugging_face_conv1d_is_skipped():
 @pytest.mark.parametrize("x_shape, w_shape, options", [
     ((2, 3, 17, 19), (8, 3, 3, 3), {"stride": 2, "padding": 1}),
     ((2, 4, 17, 19), (8, 2, 3, 5), {"stride": (1, 2), "padding": (2, 0), "dilation": (2, 1), "groups": 2}),
-    ((1, 3, 9), (6, 3, 4), {"padding": "same"}),
+    ((1, 3, 9), (6, 3, 5), {"padding": "same", "dilation": 2}),
     ((1, 3, 9, 9, 9), (6, 1, 3, 3, 3), {"groups": 3, "padding": "valid"}),
 ])
 def test_a_convolution_is_skipped_with_the_shape_torch_gives(x_shape, w_shape, options):

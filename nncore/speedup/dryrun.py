@@ -124,7 +124,7 @@ def _conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
                       zip(input.shape[2:], padding, dilation, weight.shape[2:], stride))
     if any(size < 1 for size in sizes):
         return None
-    return _zeros((input.shape[0], weight.shape[0], *sizes), input)
+    return _zeros((input.shape[0], weight.shape[0], *sizes), input, _conv_memory_format(input, weight))
 
 
 def _per_dim(value: Any, n: int) -> tuple | None:
@@ -133,7 +133,9 @@ def _per_dim(value: Any, n: int) -> tuple | None:
 
 
 def _alike(first: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    return all(o is None or (o.dtype == first.dtype and o.device == first.device) for o in others)
+    """Floating operands of one dtype and device, outside autocast (which would change the result's dtype)."""
+    return first.is_floating_point() and not torch.is_autocast_enabled(first.device.type) and all(
+        o is None or (o.dtype == first.dtype and o.device == first.device) for o in others)
 
 
 def _broadcasts(tensor: torch.Tensor, shape: tuple) -> bool:
@@ -143,8 +145,17 @@ def _broadcasts(tensor: torch.Tensor, shape: tuple) -> bool:
         return False
 
 
-def _zeros(shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(shape, dtype=like.dtype, device=like.device)
+def _zeros(shape: tuple, like: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    return torch.zeros(shape, dtype=like.dtype, device=like.device).contiguous(memory_format=memory_format)
+
+
+def _conv_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """The layout torch gives a convolution's result: channels-last when an operand is."""
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(input.dim())
+    if channels_last is not None and any(t.is_contiguous(memory_format=channels_last) and not t.is_contiguous()
+                                         for t in (input, weight)):
+        return channels_last
+    return torch.contiguous_format
 
 
 def _updates_statistics(name: str, args: tuple, kwargs: dict) -> bool:

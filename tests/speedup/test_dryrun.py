@@ -162,3 +162,18 @@ def test_check_shapes_raises_the_models_own_shape_error():
     with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied \(2x8 and 6x2\)"):
         check_shapes(model, (torch.randn(2, 4),), {})
     check_shapes(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)), (torch.randn(2, 4),), {})
+
+
+def test_a_channels_last_convolution_gives_a_channels_last_result():
+    x, weight = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last), torch.randn(4, 3, 3, 3)
+    out, mode = _dry(torch.nn.functional.conv2d, x, weight)
+    assert out.stride() == torch.nn.functional.conv2d(x, weight).stride() and mode.skipped == 1
+
+
+def test_under_autocast_and_for_integer_operands_torch_runs_the_op():
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, mode = _dry(torch.nn.functional.linear, torch.randn(2, 3), torch.randn(4, 3))
+    assert out.dtype == torch.bfloat16 and mode.skipped == 0
+    x, weight = torch.ones(1, 3, 4, 4, dtype=torch.long), torch.ones(2, 3, 3, 3, dtype=torch.long)
+    out, mode = _dry(torch.nn.functional.conv2d, x, weight)
+    assert mode.skipped == 0 and torch.equal(out, torch.nn.functional.conv2d(x, weight))

@@ -177,3 +177,26 @@ def test_under_autocast_and_for_integer_operands_torch_runs_the_op():
     x, weight = torch.ones(1, 3, 4, 4, dtype=torch.long), torch.ones(2, 3, 3, 3, dtype=torch.long)
     out, mode = _dry(torch.nn.functional.conv2d, x, weight)
     assert mode.skipped == 0 and torch.equal(out, torch.nn.functional.conv2d(x, weight))
+
+
+@pytest.mark.parametrize("build, inputs", [("bert", "token_ids"), ("gpt2", "token_ids"), ("llama", "token_ids"),
+                                           ("vit", "pixels")])
+def test_a_dry_recording_of_a_transformer_is_the_real_recording(build, inputs):
+    pytest.importorskip("transformers")
+    from nncore.speedup.capture import _Recorder
+    from nncore.speedup.ruletable import extra_rules, find_rule
+    from tests.speedup import hf_models
+
+    model, x = getattr(hf_models, build)(), getattr(hf_models, inputs)()
+    args, kwargs = ((), x) if isinstance(x, dict) else ((x,), {})
+    rules = extra_rules()
+
+    def recorded(mode=None):
+        recorder = _Recorder(model, lambda module: find_rule(module, rules) is not None)
+        recorder.record(args, kwargs, mode)
+        return [(n.op, str(n.target), tuple(recorder.values[n].shape)
+                 if isinstance(recorder.values.get(n), torch.Tensor) else None) for n in recorder.graph.nodes]
+
+    dry = DryRun()
+    assert recorded(dry) == recorded()
+    assert dry.skipped >= 8  # every projection of two layers at least

@@ -43,6 +43,7 @@ from torch.overrides import TorchFunctionMode
 
 from nncore.speedup.dryrun import DryRun
 from nncore.speedup.graph import record_values, shape_only, trace_fx
+from nncore.speedup.tensors import flat_tensors
 
 IsLeaf = Callable[[nn.Module], bool]
 
@@ -183,16 +184,6 @@ def _training_branches(model: nn.Module):
     finally:
         for module, mode in modes.items():
             module.training = mode
-
-
-def flat_tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in flat_tensors(item)]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in flat_tensors(item)]
-    return []
 
 
 class _Recorder(TorchFunctionMode):

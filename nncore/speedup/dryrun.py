@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from nncore.speedup.tensors import flat_tensors
+
 # functions and properties that read a tensor's metadata, not its values
 _METADATA = frozenset({
     "size", "dim", "ndimension", "numel", "nelement", "stride", "__len__", "__get__", "is_contiguous",
@@ -47,16 +49,6 @@ _STATISTICS = {"batch_norm": ("training", False), "instance_norm": ("use_input_s
 
 class ValueDependent(RuntimeError):
     """The forward pass read a value that a skipped product would have set (see the module docstring)."""
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _tensors(item)]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in _tensors(item)]
-    return []
 
 
 def _key(tensor: torch.Tensor) -> int:
@@ -188,7 +180,7 @@ class DryRun(TorchFunctionMode):
                 self.skipped += 1
                 self.tainted.add(_key(result))
                 return result
-        inputs = _tensors(args) + _tensors(kwargs)
+        inputs = flat_tensors(args) + flat_tensors(kwargs)
         tainted = any(t.numel() and _key(t) in self.tainted for t in inputs)
         result = func(*args, **kwargs)
         if not tainted:
@@ -199,7 +191,7 @@ class DryRun(TorchFunctionMode):
         if name in _STATISTICS and _updates_statistics(name, args, kwargs):
             raise ValueDependent(f"{name} would update running statistics with values that depend on a skipped "
                                  "product")
-        outputs = _tensors(result)
+        outputs = flat_tensors(result)
         if name in ("__setitem__", "__set__"):
             outputs = [args[0]]
         elif not outputs:

@@ -17,7 +17,7 @@ from nncore.speedup.fold import fold_into_bias, folded_counts
 from nncore.speedup.masks import apply_masks, read_masks
 from nncore.speedup.journal import (Journal, filter_masks, get_attr, has_attr, mask_weights, owner_of,
                                     replace_module, set_attr, use_graph_forward, zero_filters)
-from nncore.speedup.capture import flat_tensors
+from nncore.speedup.tensors import flat_tensors
 from nncore.speedup.dryrun import check_shapes
 from nncore.speedup.heads import update_head_attributes
 from nncore.speedup.norms import update_norm_shapes

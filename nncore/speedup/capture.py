@@ -22,6 +22,10 @@ milliseconds, and still refuses data-dependent code. An autograd-graph walk (Tor
 The recording sees all of these at the cost of one forward pass, and fx keeps the CNN path (with
 its literal-size rewriting) exactly as it was.
 
+Both front ends run their forward pass dry (:mod:`~nncore.speedup.dryrun`): the analysis needs
+shapes, so the products of linear, convolution and attention ops are skipped, and a model whose code
+reads values they would have set is recorded for real.
+
 What the recording cannot see is kept safe: an op the analysis does not understand is a barrier
 that keeps the channels flowing into and out of it, and a tensor of unknown origin is a constant.
 ``strict=True`` in :class:`~nncore.speedup.ModelSpeedup` refuses a model with such barriers.
@@ -104,7 +108,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict, is_leaf: IsLeaf,
             leaf_types: tuple[type, ...], real_output: bool = False) -> Capture:
     """Capture ``model`` (in its current mode) on ``args``/``kwargs``; see the module docstring.
 
-    A recording skips the products of linear layers (:mod:`~nncore.speedup.dryrun`) unless
+    The forward pass is a dry run (products skipped, :mod:`~nncore.speedup.dryrun`) unless
     ``real_output`` asks for the model's real output in :attr:`Capture.output`.
     """
     try:

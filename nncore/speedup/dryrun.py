@@ -3,9 +3,9 @@
 The speedup analysis reads the shapes of one forward pass, never its values, yet a real forward of a
 transformer spends nearly all its time in the matrix products of its linear layers (BERT-base on a
 128-token input: ~0.45 s of ~0.5 s on one core). Inside :class:`DryRun`, ``F.linear``, ``torch.addmm``
-(``nn.Linear``, Hugging Face ``Conv1D``), ``F.conv1d/2d/3d`` and ``F.scaled_dot_product_attention`` return zeros of their
-result's shape instead of computing it, when their operands fit; when they do not, torch runs the op
-and raises its own error. Everything else runs for real.
+(``nn.Linear``, Hugging Face ``Conv1D``), ``F.conv1d/2d/3d`` and ``F.scaled_dot_product_attention``
+return zeros of their result's shape instead of computing it, when their operands fit; when they do
+not, torch runs the op and raises its own error. Everything else runs for real.
 
 Zeros are not the real values, so the pass must not let them steer the code. Every tensor that
 depends on a skipped product is *tainted* (by storage, so views and in-place writes are covered),
@@ -102,6 +102,8 @@ def _conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
             or (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
         return None
     stride, dilation = _per_dim(stride, n), _per_dim(dilation, n)
+    if stride is None or dilation is None:
+        return None
     if padding == "valid":
         padding = 0
     if padding == "same":
@@ -110,7 +112,7 @@ def _conv(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         sizes = tuple(input.shape[2:])
     else:
         padding = _per_dim(padding, n)
-        if padding is None or stride is None or dilation is None:
+        if padding is None:
             return None
         sizes = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
                       zip(input.shape[2:], padding, dilation, weight.shape[2:], stride))
@@ -137,7 +139,8 @@ def _broadcasts(tensor: torch.Tensor, shape: tuple) -> bool:
         return False
 
 
-def _zeros(shape: tuple, like: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def _zeros(shape: tuple, like: torch.Tensor,
+           memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     return torch.zeros(shape, dtype=like.dtype, device=like.device).contiguous(memory_format=memory_format)
 
 
@@ -161,7 +164,7 @@ _SKIPPED = {F.linear: _linear, torch._C._nn.linear: _linear, torch.addmm: _addmm
 
 
 class DryRun(TorchFunctionMode):
-    """Within this mode (and ``torch.no_grad``), linear products are skipped; see the module docstring.
+    """Within this mode (and ``torch.no_grad``), products are skipped; see the module docstring.
 
     Raises :class:`ValueDependent` when the code reads a value they would have set.
     """
@@ -182,15 +185,15 @@ class DryRun(TorchFunctionMode):
                 return result
         inputs = flat_tensors(args) + flat_tensors(kwargs)
         tainted = any(t.numel() and _key(t) in self.tainted for t in inputs)
+        name = getattr(func, "__name__", "")
+        if tainted and name in _VALUE_SHAPED:
+            raise ValueDependent(f"{name} of a value that depends on a skipped product")
+        if tainted and name in _STATISTICS and _updates_statistics(name, args, kwargs):
+            raise ValueDependent(f"{name} would update running statistics with values that depend on a skipped "
+                                 "product")
         result = func(*args, **kwargs)
         if not tainted:
             return result
-        name = getattr(func, "__name__", "")
-        if name in _VALUE_SHAPED:
-            raise ValueDependent(f"{name} of a value that depends on a skipped product")
-        if name in _STATISTICS and _updates_statistics(name, args, kwargs):
-            raise ValueDependent(f"{name} would update running statistics with values that depend on a skipped "
-                                 "product")
         outputs = flat_tensors(result)
         if name in ("__setitem__", "__set__"):
             outputs = [args[0]]

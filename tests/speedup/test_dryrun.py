@@ -111,6 +111,7 @@ def test_values_that_no_skipped_product_reaches_can_be_read():
 
 def test_batch_norm_in_training_mode_refuses_to_update_its_statistics_from_zeros():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    model[1].running_mean.fill_(5.0)  # an update from the zeros would move it towards 0
     before = model[1].running_mean.clone()
     with pytest.raises(ValueDependent, match="running statistics"):
         _dry(model.train(), torch.randn(5, 4))

@@ -3,8 +3,8 @@
 The speedup analysis reads the shapes of one forward pass, never its values, yet a real forward of a
 transformer spends nearly all its time in the matrix products of its linear layers (BERT-base on a
 128-token input: ~0.45 s of ~0.5 s on one core). Inside :class:`DryRun`, ``F.linear``, ``torch.addmm``
-(``nn.Linear``, Hugging Face ``Conv1D``), ``F.conv1d/2d/3d`` and ``F.scaled_dot_product_attention``
-return zeros of their result's shape instead of computing it, when their operands fit; when they do
+(``nn.Linear``, Hugging Face ``Conv1D``), ``matmul``/``@``/``bmm`` of matrices (eager attention),
+``F.conv1d/2d/3d`` and ``F.scaled_dot_product_attention`` return zeros of their result's shape instead of computing it, when their operands fit; when they do
 not, torch runs the op and raises its own error. Everything else runs for real.
 
 Zeros are not the real values, so the pass must not let them steer the code. Every tensor that
@@ -71,6 +71,25 @@ def _addmm(bias: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor, **kwargs:
         return None
     shape = (mat1.shape[0], mat2.shape[1])
     return _zeros(shape, mat1) if _broadcasts(bias, shape) else None
+
+
+def _matmul(input: torch.Tensor, other: torch.Tensor, **kwargs: Any) -> torch.Tensor | None:
+    """``torch.matmul`` / ``@`` / ``bmm`` of operands with two or more dimensions (batch dimensions
+    broadcast), as :func:`_linear`; vector operands are left to torch."""
+    if kwargs or input.dim() < 2 or other.dim() < 2 or input.shape[-1] != other.shape[-2] or not _alike(input, other):
+        return None
+    try:
+        batch = torch.broadcast_shapes(tuple(input.shape[:-2]), tuple(other.shape[:-2]))
+    except RuntimeError:
+        return None
+    return _zeros((*batch, input.shape[-2], other.shape[-1]), input)
+
+
+def _bmm(input: torch.Tensor, mat2: torch.Tensor, **kwargs: Any) -> torch.Tensor | None:
+    """``torch.bmm`` (no broadcasting), as :func:`_linear`."""
+    if input.dim() != 3 or mat2.dim() != 3 or input.shape[0] != mat2.shape[0]:
+        return None
+    return _matmul(input, mat2, **kwargs)
 
 
 def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -159,7 +178,8 @@ def _updates_statistics(name: str, args: tuple, kwargs: dict) -> bool:
     return running_mean is not None and bool(kwargs.get(flag, args[5] if len(args) > 5 else default))
 
 
-_SKIPPED = {F.linear: _linear, torch._C._nn.linear: _linear, torch.addmm: _addmm,
+_SKIPPED = {F.linear: _linear, torch._C._nn.linear: _linear, torch.addmm: _addmm, torch.matmul: _matmul,
+            torch.Tensor.__matmul__: _matmul, torch.Tensor.matmul: _matmul, torch.bmm: _bmm, torch.Tensor.bmm: _bmm,
             F.scaled_dot_product_attention: _attention, F.conv1d: _conv, F.conv2d: _conv, F.conv3d: _conv}
 
 

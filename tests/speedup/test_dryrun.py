@@ -29,6 +29,24 @@ def test_addmm_as_in_hugging_face_conv1d_is_skipped():
     assert out.shape == (6, 3) and mode.skipped == 1
 
 
+@pytest.mark.parametrize("fn, shapes", [
+    (torch.matmul, [(2, 3, 4, 5), (3, 5, 6)]),  # batch dimensions broadcast
+    (lambda a, b: a @ b, [(7, 4, 5), (5, 2)]),
+    (torch.Tensor.matmul, [(4, 5), (5, 6)]),
+    (torch.bmm, [(2, 4, 5), (2, 5, 3)]),
+])
+def test_matrix_products_are_skipped_with_the_shape_torch_gives(fn, shapes):
+    operands = [torch.randn(shape) for shape in shapes]
+    out, mode = _dry(fn, *operands)
+    assert out.shape == fn(*operands).shape and mode.skipped == 1
+
+
+def test_a_product_with_a_vector_is_left_to_torch():
+    a, v = torch.randn(3, 4), torch.randn(4)
+    out, mode = _dry(torch.matmul, a, v)
+    assert torch.equal(out, a @ v) and mode.skipped == 0
+
+
 @pytest.mark.parametrize("x_shape, w_shape, options", [
     ((2, 3, 17, 19), (8, 3, 3, 3), {"stride": 2, "padding": 1}),
     ((2, 4, 17, 19), (8, 2, 3, 5), {"stride": (1, 2), "padding": (2, 0), "dilation": (2, 1), "groups": 2}),
@@ -53,6 +71,8 @@ def test_attention_is_skipped_with_the_shape_torch_gives(gqa):
 
 
 @pytest.mark.parametrize("fn, args", [
+    (torch.matmul, (torch.randn(2, 3, 4), torch.randn(3, 5, 6))),
+    (torch.bmm, (torch.randn(2, 3, 4), torch.randn(3, 4, 5))),
     (torch.nn.functional.conv2d, (torch.randn(1, 4, 8, 8), torch.randn(6, 3, 3, 3))),
     (torch.nn.functional.conv2d, (torch.randn(1, 3, 2, 2), torch.randn(6, 3, 3, 3))),
     (torch.nn.functional.scaled_dot_product_attention, (torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 6),
@@ -180,15 +200,17 @@ def test_under_autocast_and_for_integer_operands_torch_runs_the_op():
     assert mode.skipped == 0 and torch.equal(out, torch.nn.functional.conv2d(x, weight))
 
 
-@pytest.mark.parametrize("build, inputs", [("bert", "token_ids"), ("gpt2", "token_ids"), ("llama", "token_ids"),
-                                           ("vit", "pixels")])
-def test_a_dry_recording_of_a_transformer_is_the_real_recording(build, inputs):
+@pytest.mark.parametrize("build, inputs, attention", [
+    ("bert", "token_ids", "sdpa"), ("gpt2", "token_ids", "sdpa"), ("gpt2", "token_ids", "eager"),
+    ("llama", "token_ids", "sdpa"), ("vit", "pixels", "sdpa")])
+def test_a_dry_recording_of_a_transformer_is_the_real_recording(build, inputs, attention):
     pytest.importorskip("transformers")
     from nncore.speedup.capture import _Recorder
     from nncore.speedup.ruletable import extra_rules, find_rule
     from tests.speedup import hf_models
 
     model, x = getattr(hf_models, build)(), getattr(hf_models, inputs)()
+    model.config._attn_implementation = attention  # eager: q @ k^T and the weights @ v as matmuls
     args, kwargs = ((), x) if isinstance(x, dict) else ((x,), {})
     rules = extra_rules()
 

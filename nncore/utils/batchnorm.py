@@ -24,28 +24,20 @@ def _traced_modules(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors(item)]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in _tensors(item)]
-    return []
-
-
 def direct_consumers(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, set[str]]:
     """Which module directly consumes which module's output, from one forward pass.
 
     The pass runs in eval mode without gradients (no BatchNorm statistics change); forward
     hooks record each module's output tensor and which module receives it as an input.
     """
+    from nncore.speedup.tensors import flat_tensors  # here: nncore.speedup imports this module
+
     produced: dict[int, tuple[str, torch.Tensor]] = {}
     consumers: dict[str, set[str]] = {}
 
     def before(name: str):
         def hook(module: nn.Module, inputs: tuple) -> None:
-            for tensor in _tensors(inputs):
+            for tensor in flat_tensors(inputs):
                 producer = produced.get(id(tensor))
                 if producer is not None and producer[1] is tensor:
                     consumers.setdefault(producer[0], set()).add(name)
@@ -53,7 +45,7 @@ def direct_consumers(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, s
 
     def after(name: str):
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-            for tensor in _tensors(output):
+            for tensor in flat_tensors(output):
                 produced[id(tensor)] = (name, tensor)
         return hook
 
